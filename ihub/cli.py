@@ -1,0 +1,210 @@
+"""The ``ihub`` command: thin click commands over the models and engine functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from pipeline.errors import ConfigError
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Any:
+    from pipeline.settings import settings_from_env
+
+    return settings_from_env()
+
+
+def _emit(data: Any, as_json: bool, render: Any) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(data)
+
+
+@click.group()
+def main() -> None:
+    """ihub: keep a target in step with an OAuth 2.0 REST API, on Celery."""
+    import logging
+
+    from pipeline.redaction import install_redaction
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_redaction()
+
+
+@main.command()
+@click.option(
+    "--config",
+    "path",
+    envvar="IHUB_CONFIG",
+    default="integrations.yaml",
+    show_default=True,
+    help="integration definitions",
+)
+def check(path: str) -> None:
+    """Validate the config and print it with secrets masked."""
+    import yaml
+
+    from pipeline.config import load_config, masked
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    click.echo(yaml.safe_dump(masked(config), sort_keys=False))
+    click.echo(f"ok: {len(config.integrations)} integration(s) in {path}", err=True)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the migrations to IHUB_DATABASE_URL (SQLite or Postgres)."""
+    from models.migrate import current, upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo(f"database at revision {current(settings.database_url)}")
+
+
+_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+def _exec_celery(kind: str, args: list[str]) -> None:
+    from ihub.runner import celery_command
+
+    command = celery_command(kind, args)
+    os.execv(command[0], command)
+
+
+@main.command(context_settings=_PASSTHROUGH)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...]) -> None:
+    """Run a worker; Celery's own options pass through (--concurrency, --hostname, -Q ...)."""
+    args = list(celery_args)
+    if not any(a.startswith(("-l", "--loglevel")) for a in args):
+        args += ["--loglevel", "INFO"]
+    _exec_celery("worker", args)
+
+
+@main.command(context_settings=_PASSTHROUGH)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(celery_args: tuple[str, ...]) -> None:
+    """Run the scheduler (exactly one per deployment); Celery's options pass through."""
+    settings = _settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    args = ["--schedule", str(settings.home / "celerybeat-schedule"), *celery_args]
+    _exec_celery("beat", args)
+
+
+@main.command(context_settings=_PASSTHROUGH)
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> None:
+    """Run Flower against the same broker (in-memory history, capped)."""
+    args = [
+        "--max_tasks=10000",
+        "--purge_offline_workers=600",
+        "--inspect_timeout=5000",
+        "--address=127.0.0.1",
+        *flower_args,
+    ]
+    _exec_celery("flower", args)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8780, show_default=True)
+@click.option("--flower-url", default=None, help="link Flower from the page")
+def web(host: str, port: int, flower_url: str | None) -> None:
+    """Serve the status page."""
+    from ihub.web import serve_forever
+
+    settings = _settings()
+    serve_forever(
+        settings.database_url, _broker_url(settings), host=host, port=port, flower_url=flower_url
+    )
+
+
+def _broker_url(settings: Any) -> str | None:
+    if settings.broker_url:
+        return str(settings.broker_url)
+    from tasks.broker import SOCKET
+
+    socket = settings.home / SOCKET
+    return f"redis+socket://{socket}" if socket.exists() else None
+
+
+@main.command()
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="block until every record of this run is done or dead")
+@click.option("--timeout", default=3600.0, show_default=True, help="seconds --wait waits")
+@click.option("--json", "as_json", is_flag=True)
+def sync(name: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Fetch one delta of NAME now; the records go to the workers."""
+    from ihub.runner import wait_for_run
+    from pipeline import sync as engine
+    from pipeline.hub import Hub
+    from tasks.app import get_app
+    from tasks.records import publish_records
+
+    try:
+        hub = Hub.from_env()
+        hub.integration(name)
+    except ConfigError as exc:
+        _fail(str(exc))
+    app = get_app()
+    result = engine.fetch_delta(hub, name, lambda ids: publish_records(app, ids), owner="cli")
+    data: dict[str, Any] = {
+        "integration": name,
+        "status": result.status,
+        "run_id": result.run_id,
+        "pages": result.pages,
+        "fetched": result.fetched,
+        "staged": result.staged,
+    }
+    if wait and result.run_id is not None:
+        data["counts"] = wait_for_run(hub.database_url, result.run_id, timeout=timeout)
+    _emit(data, as_json, lambda d: click.echo(" ".join(f"{k}={v}" for k, v in d.items())))
+    if result.status not in ("ok",):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Per integration: state, watermark, records by status."""
+    from ihub.report import status_report
+
+    settings = _settings()
+    report = status_report(settings.database_url, _broker_url(settings))
+    _emit(report, as_json, _render_status)
+
+
+def _render_status(report: dict[str, Any]) -> None:
+    for item in report["integrations"]:
+        state = item["status"] + (f" ({item['status_reason']})" if item["status_reason"] else "")
+        counts = " ".join(f"{k}={v}" for k, v in item["counts"].items())
+        watermark = (item["watermark"] or {}).get("updated")
+        click.echo(f"{item['name']}: {state} watermark={watermark} {counts}")
+    if report.get("queues"):
+        click.echo("queues: " + " ".join(f"{k}={v}" for k, v in report["queues"].items()))
+
+
+from ihub.cli_dead import auth, dead  # noqa: E402  (subcommand groups live in their own module)
+from ihub.cli_demo import demo  # noqa: E402
+
+main.add_command(dead)
+main.add_command(auth)
+main.add_command(demo)

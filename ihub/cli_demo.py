@@ -1,0 +1,178 @@
+"""``ihub demo``: the whole pipeline on one machine with no services at all."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="one delta cycle, wait for every record, exit")
+@click.option("--records", default=500, show_default=True, help="records the demo source holds")
+@click.option("--web-port", default=8780, show_default=True, help="status page port (0: any)")
+@click.option("--concurrency", default=2, show_default=True)
+@click.option("--timeout", default=300.0, show_default=True, help="seconds --once may wait")
+def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: float) -> None:
+    """Start a demo OAuth 2.0 source, a worker, beat and the status page, and sync."""
+    from ihub.demosource import DemoSource, DemoSourceOptions
+
+    home = Path(os.environ.get("IHUB_HOME", ".ihub")).absolute() / "demo"
+    _fresh_home(home)
+    source = DemoSource(DemoSourceOptions(token_lifetime=60)).start()
+    source.seed(records)
+    env = _demo_env(home, source.url, source.options.client_secret)
+    os.environ.update(env)
+    from ihub.runner import start_celery, stop
+    from models.migrate import upgrade
+    from pipeline.settings import settings_from_env
+
+    settings = settings_from_env()
+    upgrade(settings.database_url)
+    from tasks.app import get_app  # starts the embedded broker when IHUB_BROKER_URL is unset
+
+    app = get_app()
+    worker = start_celery(
+        "worker",
+        ["--concurrency", str(concurrency), "--loglevel", "WARNING", "--hostname", "demo@%h"],
+        dict(os.environ),
+    )
+    page = _start_page(settings, web_port)
+    click.echo(f"demo source: {source.records_url} (OAuth 2.0 token endpoint {source.token_url})")
+    click.echo(f"database:    {_safe(settings.database_url)}")
+    click.echo(f"broker:      {_safe(str(app.conf.broker_url))}")
+    click.echo(f"status page: {page.url}")
+    try:
+        if once:
+            sys.exit(_run_once(settings, app, timeout))
+        _run_forever(settings, source, dict(os.environ))
+    finally:
+        stop(worker)
+        page.stop()
+        source.stop()
+        if not settings.broker_url:
+            from tasks.broker import stop_embedded
+
+            stop_embedded(settings.home)
+
+
+def _fresh_home(home: Path) -> None:
+    from tasks.broker import stop_embedded
+
+    if home.exists():
+        stop_embedded(home)
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+
+
+def _demo_env(home: Path, url: str, client_secret: str) -> dict[str, str]:
+    env = {
+        "IHUB_HOME": str(home),
+        "IHUB_CONFIG": str(DEMO_CONFIG),
+        "IHUB_DEMO_URL": url,
+        "IHUB_DEMO_SECRET": client_secret,
+        "IHUB_SECRET_KEY": os.environ.get("IHUB_SECRET_KEY") or secrets.token_urlsafe(32),
+    }
+    env.setdefault("IHUB_RECONCILE_AFTER", os.environ.get("IHUB_RECONCILE_AFTER", "60"))
+    return env
+
+
+def _start_page(settings: Any, port: int) -> Any:
+    from ihub.cli import _broker_url
+    from ihub.web import serve
+
+    try:
+        return serve(settings.database_url, _broker_url(settings), port=port)
+    except OSError:
+        return serve(settings.database_url, _broker_url(settings), port=0)
+
+
+def _run_once(settings: Any, app: Any, timeout: float) -> int:
+    from ihub.runner import wait_for_run
+    from pipeline import sync
+    from pipeline.hub import Hub
+    from tasks.records import publish_records
+
+    hub = Hub.from_env()
+    result = sync.fetch_delta(hub, "incidents", lambda ids: publish_records(app, ids), owner="demo")
+    click.echo(
+        f"fetched {result.fetched} record(s) in {result.pages} page(s); staged {result.staged}"
+    )
+    if result.run_id is None:
+        click.echo(f"fetch did not run: {result.status}", err=True)
+        return 1
+    counts = wait_for_run(
+        settings.database_url,
+        result.run_id,
+        timeout=timeout,
+        progress=lambda c: _progress(c, result.fetched),
+    )
+    click.echo("")
+    _summary(settings)
+    return 0 if counts["done"] + counts["dead"] == result.staged else 1
+
+
+def _progress(counts: dict[str, int], fetched: int) -> None:
+    line = " ".join(f"{k}={v}" for k, v in counts.items())
+    click.echo(f"\rfetched={fetched} {line}   ", nl=False)
+
+
+def _summary(settings: Any) -> None:
+    from ihub.report import status_report
+
+    for item in status_report(settings.database_url, None)["integrations"]:
+        counts, run = item["counts"], item["last_run"] or {}
+        watermark = (item["watermark"] or {}).get("updated")
+        click.echo(
+            f"{item['name']}: fetched={run.get('fetched', 0)} done={counts['done']} "
+            f"retrying={counts['retrying']} dead={counts['dead']} "
+            f"pending={counts['pending'] + counts['processing']} watermark={watermark}"
+        )
+
+
+def _run_forever(settings: Any, source: Any, env: dict[str, str]) -> None:
+    import random
+
+    from ihub.runner import start_celery, stop
+
+    beat = start_celery(
+        "beat",
+        ["--loglevel", "WARNING", "--schedule", str(settings.home / "celerybeat-schedule")],
+        env,
+    )
+    stopping = threading.Event()
+
+    def mutate() -> None:
+        rng = random.Random()
+        while not stopping.wait(2.0):
+            source.mutate_random(5, rng)
+
+    threading.Thread(target=mutate, daemon=True).start()
+    click.echo("syncing every 5 s while the source changes; Ctrl-C stops")
+    try:
+        while True:
+            _summary(settings)
+            time.sleep(3)
+    except KeyboardInterrupt:
+        click.echo("stopping")
+    finally:
+        stopping.set()
+        stop(beat)
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]

@@ -1,0 +1,382 @@
+"""The staged-record queue: every state change of a record is one of these functions.
+
+Every transition is guarded by the state it leaves, so a duplicate or late task can never move a
+finished record backwards: ``done`` is final, ``dead`` leaves only by an explicit requeue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from models.db import session_scope
+from models.schema import DeadLetter, RecordStatus, StagedRecord
+from pipeline.delta import SourceRecord
+from pipeline.timefmt import utcnow
+
+S = RecordStatus
+OPEN = (S.PENDING, S.PROCESSING, S.RETRYING)
+CHUNK = 1000
+
+
+def dialect_insert(session: Session, table: Any) -> Any:
+    name = session.get_bind().dialect.name
+    return (postgresql if name == "postgresql" else sqlite).insert(table)
+
+
+def stage(
+    session: Session,
+    integration: str,
+    run_id: int | None,
+    records: list[SourceRecord],
+    *,
+    due_in: float,
+) -> list[int]:
+    """Insert each record unless its latest staged row is the same; the new row ids, to publish."""
+    page = {r.id: r for r in records}  # a repeated id in one page: the last one is current
+    latest = _latest_staged(session, integration, list(page))
+    due, now = utcnow() + timedelta(seconds=due_in), utcnow()
+    rows = []
+    for record in page.values():
+        payload = json.dumps(record.payload, sort_keys=True, default=str)
+        digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
+        if latest.get(record.id) == (record.version, digest):
+            continue
+        rows.append(
+            {
+                "integration": integration,
+                "record_id": record.id,
+                "version": record.version,
+                "digest": digest,
+                "payload": payload,
+                "status": S.PENDING,
+                "attempts": 0,
+                "deliveries": 0,
+                "fetch_run_id": run_id,
+                "due_at": due,
+                "created_at": now,
+            }
+        )
+    staged: list[int] = []
+    for start in range(0, len(rows), CHUNK):
+        statement = (
+            insert(StagedRecord).values(rows[start : start + CHUNK]).returning(StagedRecord.id)
+        )
+        staged.extend(session.scalars(statement))
+    return sorted(staged)
+
+
+def _latest_staged(
+    session: Session, integration: str, record_ids: list[str]
+) -> dict[str, tuple[str, str]]:
+    latest: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(record_ids), CHUNK):
+        query = (
+            select(StagedRecord.record_id, StagedRecord.version, StagedRecord.digest)
+            .where(
+                StagedRecord.integration == integration,
+                StagedRecord.record_id.in_(record_ids[start : start + CHUNK]),
+            )
+            .order_by(StagedRecord.id)
+        )
+        for record_id, version, digest in session.execute(query):
+            latest[record_id] = (version, digest)
+    return latest
+
+
+def sink_version(version: str, row_id: int) -> str:
+    """What the sink compares: the updated instant, then staging order within one instant."""
+    return f"{version}|{row_id:020d}"
+
+
+def stage_dead(
+    session: Session,
+    integration: str,
+    run_id: int | None,
+    record_id: str,
+    payload: Any,
+    reason: str,
+) -> None:
+    """A record that cannot even be parsed: staged straight into the dead letters."""
+    now = utcnow()
+    row = StagedRecord(
+        integration=integration,
+        record_id=record_id,
+        version=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        digest="",
+        payload=json.dumps(payload, default=str),
+        status=S.DEAD,
+        attempts=0,
+        deliveries=0,
+        fetch_run_id=run_id,
+        last_error=reason,
+        error_class="PermanentError",
+        finished_at=now,
+    )
+    session.add(row)
+    session.flush()
+    _upsert_dead_letter(session, row, "PermanentError", reason, None, None)
+
+
+@dataclass(frozen=True)
+class Claim:
+    row_id: int
+    integration: str
+    record_id: str
+    version: str
+    payload: dict[str, Any]
+    attempts: int
+    crash_redeliveries: int
+
+
+def claim(database_url: str, row_id: int, *, deadline: float) -> Claim | None:
+    """Mark the row processing; None when it is already done or dead (a duplicate task).
+
+    A row found already ``processing`` was left by a worker that died or lost its broker
+    connection: that redelivery is counted, so a record that kills its worker every time can be
+    dead-lettered instead of looping (PITFALLS 5).
+    """
+    with session_scope(database_url) as session:
+        row = session.scalars(
+            select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
+        ).first()
+        if row is None or row.status not in OPEN:
+            return None
+        if row.status == S.PROCESSING:
+            row.deliveries += 1
+        now = utcnow()
+        row.status, row.attempts = S.PROCESSING, row.attempts + 1
+        row.started_at, row.due_at = now, now + timedelta(seconds=deadline)
+        return Claim(
+            row.id,
+            row.integration,
+            row.record_id,
+            row.version,
+            json.loads(row.payload),
+            row.attempts,
+            row.deliveries,
+        )
+
+
+def mark_done(database_url: str, row_id: int, duration_ms: float) -> None:
+    with session_scope(database_url) as session:
+        session.execute(
+            update(StagedRecord)
+            .where(StagedRecord.id == row_id, StagedRecord.status.in_(OPEN))
+            .values(
+                status=S.DONE,
+                finished_at=utcnow(),
+                duration_ms=duration_ms,
+                due_at=None,
+                last_error=None,
+                error_class=None,
+            )
+        )
+
+
+def mark_retrying(database_url: str, row_id: int, error: BaseException, due_at: datetime) -> bool:
+    with session_scope(database_url) as session:
+        result = session.execute(
+            update(StagedRecord)
+            .where(StagedRecord.id == row_id, StagedRecord.status == S.PROCESSING)
+            .values(
+                status=S.RETRYING,
+                due_at=due_at,
+                last_error=str(error)[:2000],
+                error_class=type(error).__name__,
+            )
+        )
+        return result.rowcount == 1
+
+
+def mark_dead(
+    database_url: str,
+    row_id: int,
+    *,
+    error_class: str,
+    message: str,
+    traceback: str | None,
+    worker: str | None,
+) -> bool:
+    """Dead-letter the row and write (or refresh) its one dead-letter entry, in one transaction."""
+    with session_scope(database_url) as session:
+        row = session.scalars(
+            select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
+        ).first()
+        if row is None or row.status not in OPEN:
+            return False
+        row.status, row.finished_at, row.due_at = S.DEAD, utcnow(), None
+        row.last_error, row.error_class = message[:2000], error_class
+        _upsert_dead_letter(session, row, error_class, message, traceback, worker)
+        return True
+
+
+def _upsert_dead_letter(
+    session: Session,
+    row: StagedRecord,
+    error_class: str,
+    message: str,
+    traceback: str | None,
+    worker: str | None,
+) -> None:
+    now = utcnow()
+    values = {
+        "record_row_id": row.id,
+        "integration": row.integration,
+        "record_id": row.record_id,
+        "version": row.version,
+        "error_class": error_class,
+        "message": message,
+        "traceback": traceback,
+        "attempts": row.attempts,
+        "worker": worker,
+        "first_failed_at": now,
+        "last_failed_at": now,
+        "requeue_count": 0,
+        "active": True,
+    }
+    statement = dialect_insert(session, DeadLetter).values(values)
+    keep = {"first_failed_at", "requeue_count", "record_row_id"}
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["record_row_id"],
+            set_={k: statement.excluded[k] for k in values if k not in keep},
+        )
+    )
+
+
+def republish_due(database_url: str, *, grace: float, limit: int = 5000) -> list[int]:
+    """Open rows past their deadline: the broker lost their task, or their worker died."""
+    now = utcnow()
+    with session_scope(database_url) as session:
+        ids = list(
+            session.scalars(
+                select(StagedRecord.id)
+                .where(StagedRecord.status.in_(OPEN), StagedRecord.due_at < now)
+                .order_by(StagedRecord.due_at)
+                .limit(limit)
+            )
+        )
+        if ids:
+            session.execute(
+                update(StagedRecord)
+                .where(StagedRecord.id.in_(ids))
+                .values(due_at=now + timedelta(seconds=grace))
+            )
+        return ids
+
+
+def requeue_dead(
+    database_url: str,
+    *,
+    integration: str | None = None,
+    row_ids: list[int] | None = None,
+    everything: bool = False,
+    dry_run: bool = False,
+    due_in: float = 300.0,
+) -> list[int]:
+    """Dead rows back to pending; the caller publishes the returned ids."""
+    if not (integration or row_ids or everything):
+        raise ValueError("name an integration, row ids, or everything")
+    with session_scope(database_url) as session:
+        query = select(StagedRecord).where(StagedRecord.status == S.DEAD).with_for_update()
+        if integration:
+            query = query.where(StagedRecord.integration == integration)
+        if row_ids:
+            query = query.where(StagedRecord.id.in_(row_ids))
+        rows = list(session.scalars(query.order_by(StagedRecord.id)))
+        if dry_run:
+            return [r.id for r in rows]
+        now = utcnow()
+        for row in rows:
+            row.status, row.attempts, row.deliveries = S.PENDING, 0, 0
+            row.due_at, row.finished_at = now + timedelta(seconds=due_in), None
+        ids = [r.id for r in rows]
+        if ids:
+            session.execute(
+                update(DeadLetter)
+                .where(DeadLetter.record_row_id.in_(ids))
+                .values(active=False, requeued_at=now, requeue_count=DeadLetter.requeue_count + 1)
+            )
+        return ids
+
+
+def counts(database_url: str, integration: str | None = None) -> dict[str, int]:
+    """Rows per status (every status present, zero when none)."""
+    with session_scope(database_url) as session:
+        query = select(StagedRecord.status, func.count()).group_by(StagedRecord.status)
+        if integration:
+            query = query.where(StagedRecord.integration == integration)
+        found = {status: n for status, n in session.execute(query)}
+    return {s.value: int(found.get(s.value, 0)) for s in S}
+
+
+def run_counts(database_url: str, run_id: int) -> dict[str, int]:
+    with session_scope(database_url) as session:
+        query = (
+            select(StagedRecord.status, func.count())
+            .where(StagedRecord.fetch_run_id == run_id)
+            .group_by(StagedRecord.status)
+        )
+        found = {status: n for status, n in session.execute(query)}
+    return {s.value: int(found.get(s.value, 0)) for s in S}
+
+
+def list_dead(
+    database_url: str,
+    *,
+    integration: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    with session_scope(database_url) as session:
+        query = (
+            select(DeadLetter, StagedRecord.status)
+            .join(StagedRecord, StagedRecord.id == DeadLetter.record_row_id)
+            .where(DeadLetter.active.is_(True))
+            .order_by(DeadLetter.last_failed_at.desc())
+            .limit(limit)
+        )
+        if integration:
+            query = query.where(DeadLetter.integration == integration)
+        return [_dead_dict(d) for d, _status in session.execute(query)]
+
+
+def show_dead(database_url: str, row_id: int) -> dict[str, Any] | None:
+    with session_scope(database_url) as session:
+        dead = session.scalars(select(DeadLetter).where(DeadLetter.record_row_id == row_id)).first()
+        row = session.get(StagedRecord, row_id)
+        if dead is None or row is None:
+            return None
+        return {
+            **_dead_dict(dead),
+            "traceback": dead.traceback,
+            "payload": json.loads(row.payload),
+            "status": row.status,
+        }
+
+
+def _dead_dict(dead: DeadLetter) -> dict[str, Any]:
+    return {
+        "row_id": dead.record_row_id,
+        "integration": dead.integration,
+        "record_id": dead.record_id,
+        "version": dead.version,
+        "error_class": dead.error_class,
+        "message": dead.message,
+        "attempts": dead.attempts,
+        "worker": dead.worker,
+        "first_failed_at": _iso(dead.first_failed_at),
+        "last_failed_at": _iso(dead.last_failed_at),
+        "requeue_count": dead.requeue_count,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() + "Z" if moment else None

@@ -1,0 +1,57 @@
+"""Fetch runs: one row per delta fetch, what it read and staged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from models.db import session_scope
+from models.schema import FetchRun
+from pipeline.timefmt import utcnow
+
+
+def start(database_url: str, integration: str) -> int:
+    with session_scope(database_url) as session:
+        run = FetchRun(integration=integration, status="running", pages=0, fetched=0, staged=0)
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def finish(database_url: str, run_id: int, *, status: str, error: str | None = None) -> None:
+    with session_scope(database_url) as session:
+        run = session.get(FetchRun, run_id)
+        if run is not None:
+            run.status, run.error, run.finished_at = status, error, utcnow()
+
+
+def get(database_url: str, run_id: int) -> dict[str, Any] | None:
+    with session_scope(database_url) as session:
+        run = session.get(FetchRun, run_id)
+        return _as_dict(run) if run else None
+
+
+def latest(database_url: str, integration: str) -> dict[str, Any] | None:
+    with session_scope(database_url) as session:
+        run = session.scalars(
+            select(FetchRun)
+            .where(FetchRun.integration == integration)
+            .order_by(FetchRun.id.desc())
+            .limit(1)
+        ).first()
+        return _as_dict(run) if run else None
+
+
+def _as_dict(run: FetchRun) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "integration": run.integration,
+        "status": run.status,
+        "pages": run.pages,
+        "fetched": run.fetched,
+        "staged": run.staged,
+        "error": run.error,
+        "started_at": run.started_at.isoformat() + "Z" if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
+    }

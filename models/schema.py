@@ -1,0 +1,154 @@
+"""Tables: the database is the system of record; the broker only carries row ids."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from pipeline.timefmt import utcnow
+
+# BIGINT on Postgres, INTEGER (so that it is the rowid alias) on SQLite.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class RecordStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    DONE = "done"
+    DEAD = "dead"
+
+
+class IntegrationStatus(enum.StrEnum):
+    ACTIVE = "active"
+    REAUTH_REQUIRED = "reauth_required"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class IntegrationState(Base):
+    """Per integration: the watermark, and whether fetching is paused."""
+
+    __tablename__ = "ihub_integrations"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    watermark_updated: Mapped[str | None] = mapped_column(String(32))
+    watermark_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(20), default=IntegrationStatus.ACTIVE)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    last_fetch_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class StagedRecord(Base):
+    """One version of one source record, staged before its task is published.
+
+    ``version`` is the record's updated instant; ``digest`` its content. A fetch stages a record
+    unless the latest staged row for that id has the same version and digest, so re-reads of the
+    lookback window add nothing, while a change within one timestamp tick is still staged.
+    """
+
+    __tablename__ = "ihub_records"
+    __table_args__ = (
+        Index("ix_ihub_records_record", "integration", "record_id"),
+        Index("ix_ihub_records_status_due", "status", "due_at"),
+        Index("ix_ihub_records_integration_status", "integration", "status"),
+        Index("ix_ihub_records_finished", "finished_at"),
+    )
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    integration: Mapped[str] = mapped_column(String(64))
+    record_id: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default=RecordStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    fetch_run_id: Mapped[int | None] = mapped_column(RowId)
+    due_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_class: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class DeadLetter(Base):
+    """What an operator needs to understand a failed record and replay it: one row per record."""
+
+    __tablename__ = "ihub_dead_letters"
+    __table_args__ = (Index("ix_ihub_dead_letters_integration", "integration", "last_failed_at"),)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    record_row_id: Mapped[int] = mapped_column(
+        RowId, ForeignKey("ihub_records.id", ondelete="CASCADE"), unique=True
+    )
+    integration: Mapped[str] = mapped_column(String(64))
+    record_id: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(32))
+    error_class: Mapped[str] = mapped_column(String(255))
+    message: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    first_failed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_failed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    requeue_count: Mapped[int] = mapped_column(Integer, default=0)
+    requeued_at: Mapped[datetime | None] = mapped_column(DateTime)
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class FetchRun(Base):
+    """One delta fetch: what it read and staged, for the summary and the dashboard."""
+
+    __tablename__ = "ihub_fetch_runs"
+    __table_args__ = (Index("ix_ihub_fetch_runs_integration", "integration", "started_at"),)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    integration: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    fetched: Mapped[int] = mapped_column(Integer, default=0)
+    staged: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Token(Base):
+    """One OAuth 2.0 token per credential, shared by every worker; secrets encrypted at rest."""
+
+    __tablename__ = "ihub_tokens"
+    credential: Mapped[str] = mapped_column(String(128), primary_key=True)
+    access_token: Mapped[str | None] = mapped_column(Text)
+    refresh_token: Mapped[str | None] = mapped_column(Text)
+    token_type: Mapped[str | None] = mapped_column(String(32))
+    expires_at: Mapped[float | None] = mapped_column(Float)
+    issued_at: Mapped[float | None] = mapped_column(Float)
+    seed_hash: Mapped[str | None] = mapped_column(String(64))
+    refreshed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    refresh_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """A named lock with an expiry, for one fetch per integration on any database."""
+
+    __tablename__ = "ihub_leases"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -1,0 +1,236 @@
+"""Integration definitions: YAML, validated strictly, every problem reported at once.
+
+An error reads ``file: key.path: what was expected``; unknown keys are errors, never ignored.
+``${VAR}`` anywhere in a value is read from the environment; secrets become ``SecretStr`` so
+they print as ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.errors import ConfigError
+from pipeline.timefmt import TimeFormat
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OAuth2Config(Strict):
+    type: Literal["oauth2"] = "oauth2"
+    grant_type: Literal["client_credentials", "refresh_token", "password"] = "client_credentials"
+    token_url: str
+    client_id: str
+    client_secret: SecretStr | None = None
+    client_auth: Literal["basic", "body"] = "basic"
+    scope: str | None = None
+    extra_params: dict[str, str] = Field(default_factory=dict)
+    refresh_token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    refresh_margin: float = Field(60.0, ge=0)
+    default_expires_in: float = Field(3600.0, gt=0)
+    timeout: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _grant_needs(self) -> OAuth2Config:
+        if self.grant_type == "password" and (self.username is None or self.password is None):
+            raise ValueError("grant_type 'password' needs 'username' and 'password'")
+        if self.grant_type == "client_credentials" and self.client_secret is None:
+            raise ValueError("grant_type 'client_credentials' needs 'client_secret'")
+        return self
+
+
+class NoAuth(Strict):
+    type: Literal["none"]
+
+
+AuthConfig = Annotated[OAuth2Config | NoAuth, Field(discriminator="type")]
+
+
+class DeltaConfig(Strict):
+    param: str = "updated_since"
+    format: TimeFormat = "iso"
+    timezone: str = "UTC"
+    lookback: float = Field(30.0, ge=0, description="seconds re-read before the watermark")
+
+
+class PaginationConfig(Strict):
+    type: Literal["cursor", "offset", "none"] = "cursor"
+    cursor_path: str = "next_cursor"
+    cursor_param: str = "cursor"
+    limit_param: str = "limit"
+    offset_param: str = "offset"
+    limit: int = Field(100, ge=1, le=10_000)
+
+
+class SourceConfig(Strict):
+    url: str
+    auth: AuthConfig | None = None
+    records: str = Field("", description="dotted path of the list in the response; '' = top level")
+    id: str = "id"
+    updated: str = "updated_at"
+    updated_format: TimeFormat = "iso"
+    delta: DeltaConfig = Field(default_factory=DeltaConfig)
+    pagination: PaginationConfig = Field(default_factory=PaginationConfig)
+    params: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+
+class SqlSinkConfig(Strict):
+    type: Literal["sql"] = "sql"
+    table: str
+    key: str = "id"
+    url: str | None = Field(None, description="target database; default: IHUB_DATABASE_URL")
+
+    @field_validator("table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+            raise ValueError(f"expected a SQL identifier (letters, digits, _), got {value!r}")
+        return value
+
+
+class RetryConfig(Strict):
+    max_retries: int = Field(8, ge=0, le=100)
+    backoff: float = Field(2.0, ge=0)
+    backoff_max: float = Field(600.0, ge=0)
+    jitter: bool = True
+
+
+class IntegrationConfig(Strict):
+    name: str = ""
+    schedule: float | str = 60.0
+    source: SourceConfig
+    sink: SqlSinkConfig
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    enabled: bool = True
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: float | str) -> float | str:
+        if isinstance(value, str) and len(value.split()) != 5:
+            raise ValueError(f"expected seconds or a 5-field cron string, got {value!r}")
+        if not isinstance(value, str) and value <= 0:
+            raise ValueError("expected a positive number of seconds")
+        return value if isinstance(value, str) else float(value)
+
+
+class HubConfig(Strict):
+    integrations: dict[str, IntegrationConfig]
+    source_file: str = ""
+
+    def get(self, name: str) -> IntegrationConfig:
+        try:
+            return self.integrations[name]
+        except KeyError:
+            known = ", ".join(sorted(self.integrations)) or "none"
+            raise ConfigError(f"no integration named {name!r} (known: {known})") from None
+
+
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> HubConfig:
+    """Read, substitute and validate a config file; raise ConfigError listing every problem."""
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the config file: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    return parse_config(raw, file=file, env=os.environ if env is None else env)
+
+
+def parse_config(raw: Any, *, file: str, env: Any) -> HubConfig:
+    if not isinstance(raw, dict) or "integrations" not in raw:
+        raise ConfigError(f"{file}: expected a mapping with a top-level 'integrations' key")
+    problems: list[str] = []
+    data = _substitute(raw, env, file, "", problems)
+    integrations = data.get("integrations")
+    if isinstance(integrations, dict):
+        for name, body in integrations.items():
+            if not _NAME.match(str(name)):
+                problems.append(
+                    f"{file}: integrations.{name}: expected a name of lowercase letters, "
+                    "digits and _ (starting with a letter)"
+                )
+            if isinstance(body, dict):
+                body.setdefault("name", name)
+    try:
+        config = HubConfig.model_validate({**data, "source_file": file})
+    except ValidationError as exc:
+        problems.extend(_describe(exc, file))
+        config = None
+    if problems or config is None:
+        raise ConfigError(f"{file}: invalid configuration", problems)
+    return config
+
+
+def _substitute(node: Any, env: Any, file: str, key: str, problems: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: _substitute(v, env, file, f"{key}.{k}" if key else str(k), problems)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_substitute(v, env, file, f"{key}[{i}]", problems) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return str(env[name])
+        if default is not None:
+            return default
+        problems.append(f"{file}: {key}: environment variable {name} is not set")
+        return ""
+
+    return _ENV_REF.sub(replace, node)
+
+
+def _describe(exc: ValidationError, file: str) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(p) for p in error["loc"] if not _is_union_tag(p))
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling)"
+        lines.append(f"{file}: {location}: {message}")
+    return lines
+
+
+def _is_union_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in {"oauth2", "none", "sql"} or "[" in part)
+
+
+def masked(config: HubConfig) -> dict[str, Any]:
+    """The effective config as plain data with every secret shown as ********."""
+    return config.model_dump(mode="json", exclude={"source_file"})

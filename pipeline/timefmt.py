@@ -1,0 +1,57 @@
+"""Timestamps as sources write them, and the one form ihub stores and compares.
+
+Every instant is normalised to an aware UTC datetime; the version string of a record is that
+instant as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, which sorts lexicographically in time order.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+TimeFormat = Literal["iso", "datetime", "epoch", "epoch_ms"]
+
+
+def parse_time(value: object, fmt: TimeFormat = "iso", *, tz: str = "UTC") -> datetime:
+    """An aware UTC datetime from a source's value; naive values are read in ``tz``."""
+    if value is None or value == "":
+        raise ValueError("timestamp is missing")
+    if fmt in ("epoch", "epoch_ms") or isinstance(value, int | float):
+        seconds = float(value) / (1000.0 if fmt == "epoch_ms" else 1.0)
+        return datetime.fromtimestamp(seconds, UTC)
+    text = str(value).strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ZoneInfo(tz))
+    return parsed.astimezone(UTC)
+
+
+def format_time(moment: datetime, fmt: TimeFormat = "iso", *, tz: str = "UTC") -> str:
+    """A datetime written the way a source expects it in a query."""
+    moment = moment.astimezone(ZoneInfo(tz))
+    if fmt == "epoch":
+        return str(int(moment.timestamp()))
+    if fmt == "epoch_ms":
+        return str(int(moment.timestamp() * 1000))
+    if fmt == "datetime":
+        return moment.strftime("%Y-%m-%d %H:%M:%S")
+    if moment.utcoffset() == timedelta(0):
+        return moment.replace(tzinfo=None).isoformat() + "Z"
+    return moment.isoformat()
+
+
+def version_string(moment: datetime) -> str:
+    """The sortable text form used as a record's version and in the watermark."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_version_string(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: the database columns hold naive UTC on every backend."""
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,58 @@
+"""The Celery app factory: settings from celeryconfig, the broker, the tasks, the schedule."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+
+from models.db import dispose_all
+from pipeline.errors import ConfigError
+from pipeline.redaction import install_redaction
+from pipeline.settings import settings_from_env
+from tasks import context
+from tasks.broker import embedded_broker_url
+
+log = logging.getLogger(__name__)
+_app: Celery | None = None
+
+
+def get_app() -> Celery:
+    global _app
+    if _app is None:
+        _app = create_app()
+    return _app
+
+
+def create_app() -> Celery:
+    settings = settings_from_env()
+    app = Celery("ihub")
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = settings.broker_url or embedded_broker_url(settings.home)
+    app.conf.beat_schedule_filename = str(settings.home / "celerybeat-schedule")
+    from tasks import fetch, maintenance, records, schedule
+
+    records.register(app, settings)
+    fetch.register(app, settings)
+    maintenance.register(app, settings)
+    try:
+        app.conf.beat_schedule = schedule.build(settings)
+    except ConfigError as exc:
+        log.warning("no integrations scheduled: %s", exc)
+        app.conf.beat_schedule = {}
+    return app
+
+
+@worker_process_init.connect
+def _fresh_process(**_: Any) -> None:
+    """Pool children must not share the parent's database connections (PITFALLS 30)."""
+    dispose_all()
+    context.reset()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_logs(logger: logging.Logger, **_: Any) -> None:
+    install_redaction(logger)

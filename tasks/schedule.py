@@ -1,0 +1,44 @@
+"""Beat's schedule, built from the integration definitions.
+
+Each fetch entry expires after one interval, so ticks queued during an outage are dropped
+instead of replayed (PITFALLS 28); catch-up comes from the watermark, not from the schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.schedules import crontab
+
+from pipeline.config import load_config
+from pipeline.settings import Settings
+
+RECONCILE_EVERY = 30.0
+
+
+def build(settings: Settings) -> dict[str, dict[str, Any]]:
+    config = load_config(settings.config_path)
+    entries: dict[str, dict[str, Any]] = {
+        "ihub.reconcile": {
+            "task": "ihub.reconcile",
+            "schedule": RECONCILE_EVERY,
+            "options": {"expires": RECONCILE_EVERY},
+        },
+    }
+    for name, integration in config.integrations.items():
+        if not integration.enabled:
+            continue
+        schedule = integration.schedule
+        if isinstance(schedule, str):
+            minute, hour, day, month, weekday = schedule.split()
+            every: Any = crontab(minute, hour, weekday, day, month)
+            expires = 60.0
+        else:
+            every, expires = float(schedule), float(schedule)
+        entries[f"ihub.fetch_delta.{name}"] = {
+            "task": "ihub.fetch_delta",
+            "schedule": every,
+            "args": (name,),
+            "options": {"expires": expires},
+        }
+    return entries

@@ -20,7 +20,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import redis
-from sqlalchemy import distinct, select
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from sqlalchemy import select
 
 from models import integrations, queue, runs
 from models.db import session_scope
@@ -32,6 +34,7 @@ QUEUES = ("ihub.fetch", "ihub.process")
 STATUSES = tuple(s.value for s in RecordStatus)
 REFRESH_SECONDS = 5
 DEAD_ON_PAGE = 50
+LONG_FIELDS = ("message", "payload", "traceback")  # shown below the table, in <pre>
 HTML, JSON, TEXT = "text/html; charset=utf-8", "application/json", "text/plain; charset=utf-8"
 Response = tuple[str, str, bytes]  # status line, content type, body
 
@@ -124,7 +127,7 @@ def collect_status(database_url: str, broker_url: str | None) -> dict[str, Any]:
 
 def _queued_names(database_url: str) -> set[str]:
     with session_scope(database_url) as session:
-        return set(session.scalars(select(distinct(StagedRecord.integration))))
+        return set(session.scalars(select(StagedRecord.integration).distinct()))
 
 
 def _integration(database_url: str, name: str, state: IntegrationState | None) -> dict[str, Any]:
@@ -142,12 +145,16 @@ def _integration(database_url: str, name: str, state: IntegrationState | None) -
 
 
 def queue_depths(broker_url: str | None) -> dict[str, int] | None:
-    """LLEN of each Celery queue; None when there is no broker or it does not answer."""
+    """LLEN of each Celery queue; None when there is no broker or it does not answer.
+
+    No retries: redis-py's default backoff would hold the page for seconds on a dead broker.
+    """
     if not broker_url:
         return None
     client: redis.Redis | None = None
     try:
         client = redis_client(broker_url)
+        client.set_retry(Retry(NoBackoff(), 0))
         return {name: int(client.llen(name)) for name in QUEUES}
     except (redis.RedisError, OSError, ValueError):
         return None
@@ -160,12 +167,10 @@ def render_index(status: dict[str, Any], dead: list[dict[str, Any]], flower: str
     cards = "".join(_card(item) for item in status["integrations"])
     rows = "".join(_dead_row(d) for d in dead)
     table = (
-        (
-            "<table><tr><th>Time</th><th>Integration</th><th>Record</th><th>Error</th>"
-            f"<th>Message</th><th>Attempts</th></tr>{rows}</table>"
-        )
+        "<table><tr><th>Time</th><th>Integration</th><th>Record</th><th>Error</th>"
+        f"<th>Message</th><th>Attempts</th></tr>{rows}</table>"
         if dead
-        else ('<p class="muted">No dead letters.</p>')
+        else '<p class="muted">No dead letters.</p>'
     )
     body = (
         f'<section class="summary"><p>All records: {_badges(status["totals"])}</p>'
@@ -223,19 +228,11 @@ def _dead_row(dead: dict[str, Any]) -> str:
 
 
 def render_dead(dead: dict[str, Any]) -> str:
-    fields = (
-        "integration",
-        "record_id",
-        "version",
-        "status",
-        "error_class",
-        "attempts",
-        "worker",
-        "first_failed_at",
-        "last_failed_at",
-        "requeue_count",
+    rows = "".join(
+        f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>"
+        for k, v in dead.items()
+        if k not in LONG_FIELDS
     )
-    rows = "".join(f"<tr><th>{f}</th><td>{_e(dead.get(f))}</td></tr>" for f in fields)
     payload = json.dumps(dead["payload"], indent=2, sort_keys=True, ensure_ascii=False, default=str)
     body = (
         f"<h2>Dead letter {int(dead['row_id'])}</h2><table>{rows}</table>"

@@ -32,12 +32,20 @@ def dispose_all() -> None:
     _engines.clear()
 
 
-def _create(url: str) -> Engine:
+def normalize_url(url: str) -> str:
+    """``postgresql://`` means psycopg2 here (SQLAlchemy 2.1 would pick psycopg 3)."""
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _create(url: str) -> Engine:
+    parsed = make_url(normalize_url(url))
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database)
     return create_engine(
-        url,
+        parsed,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=5,

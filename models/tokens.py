@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
@@ -26,7 +27,7 @@ class StoredToken:
     refresh_count: int = 0
 
     def usable(self, now: float, margin: float) -> bool:
-        """True while the access token is safely before its expiry (margin at most half its life)."""
+        """True while safely before expiry (the margin is at most half the token's life)."""
         if not self.access_token:
             return False
         if self.expires_at is None:
@@ -60,8 +61,14 @@ class TokenStore:
         query = select(Token).where(Token.credential == self.credential).with_for_update()
         row = session.scalars(query).first()
         if row is None:
-            session.add(Token(credential=self.credential, refresh_count=0, failure_count=0))
-            session.flush()
+            # Workers meeting a new credential together all try to create its row: the losers
+            # wait for the winner's commit, fail on the key, and then lock the winner's row.
+            new = insert(Token).values(credential=self.credential, refresh_count=0, failure_count=0)
+            try:
+                with session.begin_nested():
+                    session.execute(new)
+            except IntegrityError:
+                pass
             row = session.scalars(query).one()
         return row
 

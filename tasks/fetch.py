@@ -17,6 +17,7 @@ from tasks.records import publish_records
 def register(app: Celery, settings: Settings) -> None:
     @app.task(
         name="ihub.fetch_delta",
+        shared=False,
         bind=True,
         acks_late=True,
         ignore_result=True,

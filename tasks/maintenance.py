@@ -13,6 +13,7 @@ from tasks.records import publish_records
 def register(app: Celery, settings: Settings) -> None:
     @app.task(
         name="ihub.reconcile",
+        shared=False,
         acks_late=True,
         ignore_result=True,
         time_limit=600,

@@ -14,6 +14,7 @@ from tasks.context import hub
 def register(app: Celery, settings: Settings) -> None:
     @app.task(
         name="ihub.process_record",
+        shared=False,
         bind=True,
         acks_late=True,
         ignore_result=True,

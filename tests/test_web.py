@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -10,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ihub.web import ServerHandle, serve
 from models import migrate
@@ -24,6 +28,7 @@ from models.schema import (
     StagedRecord,
 )
 from pipeline.timefmt import utcnow
+from tasks.broker import embedded_broker_url, redis_client
 
 TIMEOUT = 5
 NASTY = "<script>alert('x')</script> & more"
@@ -31,6 +36,19 @@ NASTY_ID = "<img src=x onerror=alert(1)>"
 REASON = "refresh token revoked <b>by admin</b>"
 # crm: one row per status (plus one more pending); erp: only in the queue, no state row.
 CRM_ROWS = {"pending": 2, "processing": 1, "retrying": 1, "done": 3, "dead": 1}
+
+
+def record(integration: str, record_id: str, status: str, payload: Any) -> StagedRecord:
+    return StagedRecord(
+        integration=integration,
+        record_id=record_id,
+        version="v1",
+        digest="",
+        payload=json.dumps(payload),
+        status=status,
+        attempts=1,
+        deliveries=0,
+    )
 
 
 @pytest.fixture
@@ -41,37 +59,13 @@ def db(tmp_path: Path) -> tuple[str, int]:
     now = utcnow()
     with session_scope(url) as session:
         records = [
-            StagedRecord(
-                integration="crm",
-                record_id=f"{status}-{i}",
-                version="v1",
-                payload=json.dumps({"n": i}),
-                status=status,
-                attempts=1,
-                deliveries=0,
-            )
+            record("crm", f"{status}-{i}", status, {"n": i})
             for status, n in CRM_ROWS.items()
             if status != "dead"
             for i in range(n)
         ]
-        dead = StagedRecord(
-            integration="crm",
-            record_id=NASTY_ID,
-            version="v1",
-            payload=json.dumps({"name": "Ada", "note": "</pre><script>"}),
-            status=RecordStatus.DEAD,
-            attempts=5,
-            deliveries=0,
-        )
-        erp = StagedRecord(
-            integration="erp",
-            record_id="e1",
-            version="v1",
-            payload="{}",
-            status=RecordStatus.PENDING,
-            attempts=0,
-            deliveries=0,
-        )
+        dead = record("crm", NASTY_ID, RecordStatus.DEAD, {"name": "Ada", "note": "</pre><script>"})
+        erp = record("erp", "e1", RecordStatus.PENDING, {})
         session.add_all([*records, dead, erp])
         session.flush()
         session.add(
@@ -165,6 +159,24 @@ def test_queues_unavailable_when_broker_unreachable(db: tuple[str, int], tmp_pat
         assert response.json()["queues"] is None
     finally:
         handle.stop()
+
+
+def test_queue_depths_from_real_redis(db: tuple[str, int], tmp_path: Path) -> None:
+    """Queue depth is the LLEN of each Celery list on a real (embedded) redis-server."""
+    broker_url = embedded_broker_url(tmp_path / "redis")
+    client = redis_client(broker_url)
+    client.set_retry(Retry(NoBackoff(), 0))  # stop_embedded's retried SHUTDOWN takes seconds
+    handle = serve(db[0], broker_url, port=0)
+    try:
+        client.rpush("ihub.process", "a", "b", "c")
+        client.rpush("ihub.fetch", "f")
+        assert get(handle, "/api/status").json()["queues"] == {"ihub.fetch": 1, "ihub.process": 3}
+        assert "ihub.process: 3" in get(handle, "/").text
+    finally:
+        handle.stop()
+        with contextlib.suppress(redis.ConnectionError):  # it hangs up as it exits
+            client.shutdown(nosave=True)
+        client.close()
 
 
 def test_api_dead_lists_dead_letter(server: ServerHandle, db: tuple[str, int]) -> None:

@@ -8,6 +8,7 @@ under the row lock, re-read first, so a rotating refresh token is never spent tw
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import time
@@ -43,6 +44,7 @@ class TokenManager:
         self._cached: StoredToken | None = None
         for secret in (config.client_secret, config.password, config.refresh_token):
             register_secret(secret.get_secret_value() if secret else None)
+        register_secret(_basic_credentials(config))
 
     def access_token(self) -> str:
         """A token that is valid now, refreshing first when it is close to expiry."""
@@ -60,13 +62,18 @@ class TokenManager:
         return _required(self._refresh(stale=rejected, forced=True).access_token)
 
     def _refresh(self, *, stale: str | None, forced: bool = False) -> StoredToken:
+        failure: ReauthRequired | TransientError
         with self.store.locked() as locked:
             current = self._adopt_seed(locked)
             now = self.clock()
             newer = current.access_token and current.access_token != stale
             if current.usable(now, self.config.refresh_margin) and (newer or not forced):
                 return current  # someone refreshed while we waited for the lock
-            return self._grant(locked, current)
+            try:
+                return self._grant(locked, current)
+            except (ReauthRequired, TransientError) as exc:
+                failure = exc  # leave the block normally, so the recorded failure commits
+        raise failure
 
     def _grant(self, locked: LockedToken, current: StoredToken) -> StoredToken:
         for attempt in range(1, TRANSIENT_TRIES + 1):
@@ -121,6 +128,17 @@ class TokenManager:
             return current
         fresh = StoredToken(refresh_token=seed.get_secret_value(), seed_hash=digest)
         return locked.save(fresh, refreshed=False)
+
+
+def _basic_credentials(config: OAuth2Config) -> str | None:
+    """The HTTP Basic value requests sends (requests-oauthlib logs it at DEBUG)."""
+    if config.client_secret is None:
+        return None
+    pair = f"{config.client_id}:{config.client_secret.get_secret_value()}"
+    try:
+        return base64.b64encode(pair.encode("latin1")).decode()
+    except UnicodeEncodeError:  # requests cannot send such a pair as Basic either
+        return None
 
 
 def _required(access_token: str | None) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.db import get_engine
 from pipeline.errors import PermanentError, TransientError
@@ -101,19 +101,15 @@ class SqlSink:
                 if n not in (self.key, VERSION_COLUMN)
             ]
             # another worker may create it first: reflect below either way
-            with contextlib.suppress(OperationalError, ProgrammingError):
+            with contextlib.suppress(DBAPIError):
                 Table(self.table_name, MetaData(), *columns).create(engine)
         table = Table(self.table_name, MetaData(), autoload_with=engine)
         missing = [n for n in row if n not in table.c]
         for name in missing:
             type_sql = _sql_type(row[name])().compile(dialect=engine.dialect)
-            try:
-                with engine.begin() as connection:
-                    connection.execute(
-                        text(f'ALTER TABLE "{self.table_name}" ADD COLUMN "{name}" {type_sql}')
-                    )
-            except (OperationalError, ProgrammingError):
-                pass  # added concurrently
+            statement = f'ALTER TABLE "{self.table_name}" ADD COLUMN "{name}" {type_sql}'
+            with contextlib.suppress(DBAPIError), engine.begin() as connection:
+                connection.execute(text(statement))  # or another worker added it just now
         return Table(self.table_name, MetaData(), autoload_with=engine) if missing else table
 
     def count(self) -> int:

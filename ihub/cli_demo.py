@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     """Start a demo OAuth 2.0 source, a worker, beat and the status page, and sync."""
     from ihub.demosource import DemoSource, DemoSourceOptions
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     home = Path(os.environ.get("IHUB_HOME", ".ihub")).absolute() / "demo"
     _fresh_home(home)
     source = DemoSource(DemoSourceOptions(token_lifetime=60)).start()

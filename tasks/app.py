@@ -9,11 +9,13 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from models.db import dispose_all
+from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.redaction import install_redaction
 from pipeline.settings import settings_from_env
 from tasks import context
 from tasks.broker import embedded_broker_url
+from tasks.checks import check_visibility
 
 log = logging.getLogger(__name__)
 _app: Celery | None = None
@@ -38,10 +40,17 @@ def create_app() -> Celery:
     fetch.register(app, settings)
     maintenance.register(app, settings)
     try:
-        app.conf.beat_schedule = schedule.build(settings)
+        config = load_config(settings.config_path)
     except ConfigError as exc:
         log.warning("no integrations scheduled: %s", exc)
-        app.conf.beat_schedule = {}
+        config = None
+    app.conf.beat_schedule = schedule.build(config)
+    limits = {
+        name: float(task.time_limit or 0)
+        for name, task in app.tasks.items()
+        if name.startswith("ihub.")
+    }
+    check_visibility(app.conf, config, limits)
     return app
 
 

@@ -10,14 +10,13 @@ from typing import Any
 
 from celery.schedules import crontab
 
-from pipeline.config import load_config
-from pipeline.settings import Settings
+from pipeline.config import HubConfig
 
 RECONCILE_EVERY = 30.0
 
 
-def build(settings: Settings) -> dict[str, dict[str, Any]]:
-    config = load_config(settings.config_path)
+def build(config: HubConfig | None) -> dict[str, dict[str, Any]]:
+    """The reconciler always; a fetch per enabled integration when there is a config."""
     entries: dict[str, dict[str, Any]] = {
         "ihub.reconcile": {
             "task": "ihub.reconcile",
@@ -25,7 +24,7 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"expires": RECONCILE_EVERY},
         },
     }
-    for name, integration in config.integrations.items():
+    for name, integration in (config.integrations if config else {}).items():
         if not integration.enabled:
             continue
         schedule = integration.schedule

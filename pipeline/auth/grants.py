@@ -32,7 +32,13 @@ def request_token(
 ) -> dict[str, Any]:
     """One grant: refresh when a refresh token is at hand (not for client_credentials)."""
     _allow_loopback_http(config.token_url)
-    session = OAuth2Session(client=_client(config))
+    with OAuth2Session(client=_client(config)) as session:
+        return _request(session, config, integration, refresh_token)
+
+
+def _request(
+    session: OAuth2Session, config: OAuth2Config, integration: str, refresh_token: str | None
+) -> dict[str, Any]:
     session.register_compliance_hook("access_token_response", _check_status(integration))
     session.register_compliance_hook("refresh_token_response", _check_status(integration))
     secret = config.client_secret.get_secret_value() if config.client_secret else ""

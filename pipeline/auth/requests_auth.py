@@ -26,9 +26,9 @@ class OAuth2Auth(AuthBase):
         if response.status_code != 401 or getattr(request, _REPLAYED, False):
             return response
         rejected = str(request.headers.get("Authorization", "")).removeprefix("Bearer ")
-        fresh = self.manager.invalidate(rejected)
-        _ = response.content  # drain, so the connection can be reused
+        _ = response.content  # drain and release the connection before anything can raise
         response.close()
+        fresh = self.manager.invalidate(rejected)
         replay = request.copy()
         replay.headers["Authorization"] = f"Bearer {fresh}"
         setattr(replay, _REPLAYED, True)

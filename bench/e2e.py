@@ -54,6 +54,11 @@ class BenchError(Exception):
     """The benchmark could not produce a trustworthy figure."""
 
 
+class _FetchTimeout(BaseException):
+    """Raised from the publish callback: fetch_delta treats any Exception from publish as a
+    broker outage (rows left to the reconciler) and carries on, so this must not be one."""
+
+
 @dataclass
 class Result:
     records: int
@@ -301,11 +306,16 @@ class Bench:
             publish_records(app, row_ids)
             published += len(row_ids)
             now = time.monotonic()
+            if now > self.deadline.end:
+                raise _FetchTimeout
             if now - last_line >= PROGRESS_EVERY:
                 last_line = now
                 _say(f"  fetch   {now - started:7.1f}s  staged+published={published}/{n}")
 
-        result = sync.fetch_delta(hub, INTEGRATION, publish, owner="bench")
+        try:
+            result = sync.fetch_delta(hub, INTEGRATION, publish, owner="bench")
+        except _FetchTimeout:
+            raise BenchError(f"--timeout {a.timeout:.0f}s exceeded while fetching") from None
         fetched = time.monotonic()
         if result.status != "ok" or result.run_id is None:
             raise BenchError(f"fetch did not run: status={result.status}")
@@ -581,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         result = bench.run()
     except KeyboardInterrupt:
         _say("\ninterrupted; cleaning up")
-        bench.failed, code = True, 130
+        code = 130
     except BenchError as exc:
         _say(f"FAILED: {exc}")
         for workers in bench.workers:

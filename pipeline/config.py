@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -70,6 +71,15 @@ class DeltaConfig(Strict):
     param: str = "updated_since"
     format: TimeFormat = "iso"
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"expected an IANA time zone such as UTC, got {value!r}") from None
+        return value
     lookback: float = Field(30.0, ge=0, description="seconds re-read before the watermark")
 
 
@@ -135,11 +145,30 @@ class IntegrationConfig(Strict):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, value: float | str) -> float | str:
-        if isinstance(value, str) and len(value.split()) != 5:
-            raise ValueError(f"expected seconds or a 5-field cron string, got {value!r}")
+        if isinstance(value, str):
+            _check_cron(value)
         if not isinstance(value, str) and value <= 0:
             raise ValueError("expected a positive number of seconds")
         return value if isinstance(value, str) else float(value)
+
+
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_CRON_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+
+
+def _check_cron(text: str) -> None:
+    """Each of the 5 fields: *, numbers, ranges, lists and steps within the field's range."""
+    fields = text.split()
+    if len(fields) != 5:
+        raise ValueError(f"expected seconds or a 5-field cron string, got {text!r}")
+    for field, (low, high), name in zip(fields, _CRON_RANGES, _CRON_NAMES, strict=True):
+        for part in field.split(","):
+            span, _, step = part.partition("/")
+            numbers = [] if span == "*" else span.split("-")
+            if (step and not step.isdigit()) or not all(n.isdigit() for n in numbers):
+                raise ValueError(f"cron {name} field {field!r}: expected numbers, ranges, * or /")
+            if any(not low <= int(n) <= high for n in numbers):
+                raise ValueError(f"cron {name} field {field!r}: values must be {low}-{high}")
 
 
 class HubConfig(Strict):

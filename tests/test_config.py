@@ -291,11 +291,6 @@ def test_unknown_integration_lists_known_names() -> None:
         config.get("nope")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: schedule validator only counts 5 fields; '61 * * * *' passes check and "
-    "celery crontab() raises in tasks/schedule.build",
-)
 def test_cron_with_out_of_range_field_rejected(tmp_path: Path) -> None:
     """A 5-field cron string with an impossible minute is a config error, not a beat crash."""
 
@@ -307,11 +302,6 @@ def test_cron_with_out_of_range_field_rejected(tmp_path: Path) -> None:
     problem_line(error, path, "integrations.incidents.schedule")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: delta.timezone is an unvalidated str; an unknown zone passes check and "
-    "ZoneInfo raises later in parse_time/format_time",
-)
 def test_unknown_delta_timezone_rejected(tmp_path: Path) -> None:
     """An unknown IANA zone name in source.delta.timezone is reported by the config check."""
 

@@ -161,3 +161,26 @@ def _wait_for(hub: Hub, run_id: int, condition, timeout: float = 60) -> dict[str
             return counts
         time.sleep(0.2)
     raise TimeoutError(f"condition not met: {counts}")
+
+
+def test_cli_sync_wait_and_status_report_the_run(stack, source: DemoSource) -> None:
+    """`ihub sync NAME --wait --json` blocks until the run is finished; `ihub status --json`
+    shows the same counts and the watermark."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ihub.cli import main
+
+    source.seed(30)
+    env, _hub, _app = stack()
+    with workers(env, count=1, concurrency=2):
+        result = CliRunner().invoke(main, ["sync", "incidents", "--wait", "--json"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.output)
+        assert data["staged"] == 30 and data["counts"]["done"] == 30
+        status = json.loads(CliRunner().invoke(main, ["status", "--json"]).output)
+    [item] = status["integrations"]
+    assert item["counts"]["done"] == 30 and item["status"] == "active"
+    assert item["watermark"]["id"] == "REC000030"
+    assert status["queues"] == {"ihub.fetch": 0, "ihub.process": 0}

@@ -464,7 +464,7 @@ class Bench:
                 self._release_redis_db()
             except redis.RedisError as exc:
                 _say(f"could not flush {_safe(self.args.redis)}: {exc}")
-        if self.failed or self.args.keep:
+        if (self.failed and self.workers) or self.args.keep:
             _say(f"worker logs and config kept in {self.tmp}")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -185,10 +185,10 @@ def sync(name: str, wait: bool, timeout: float, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Per integration: state, watermark, records by status."""
-    from ihub.report import status_report
+    from ihub.report import collect_status
 
     settings = _settings()
-    report = status_report(settings.database_url, _broker_url(settings))
+    report = collect_status(settings.database_url, _broker_url(settings))
     _emit(report, as_json, _render_status)
 
 

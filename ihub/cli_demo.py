@@ -129,9 +129,9 @@ def _progress(counts: dict[str, int], fetched: int) -> None:
 
 
 def _summary(settings: Any) -> None:
-    from ihub.report import status_report
+    from ihub.report import collect_status
 
-    for item in status_report(settings.database_url, None)["integrations"]:
+    for item in collect_status(settings.database_url, None)["integrations"]:
         counts, run = item["counts"], item["last_run"] or {}
         watermark = (item["watermark"] or {}).get("updated")
         click.echo(

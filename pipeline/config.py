@@ -80,6 +80,7 @@ class DeltaConfig(Strict):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"expected an IANA time zone such as UTC, got {value!r}") from None
         return value
+
     lookback: float = Field(30.0, ge=0, description="seconds re-read before the watermark")
 
 

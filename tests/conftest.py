@@ -21,8 +21,11 @@ def admin_engine(url: str):
 
     from models.db import normalize_url
 
-    return sqlalchemy.create_engine(normalize_url(url), isolation_level="AUTOCOMMIT",
-                                    connect_args={"connect_timeout": 5})
+    return sqlalchemy.create_engine(
+        normalize_url(url), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+    )
+
+
 REDIS_URL = os.environ.get("IHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -60,10 +60,17 @@ def test_channel_uses_the_configured_visibility_timeout(
 def test_check_refuses_a_backoff_that_outlives_the_visibility_timeout(app) -> None:
     """A retry countdown plus the hard limit reaching the timeout is refused at start."""
     config = parse_config(
-        {"integrations": {"slow": {
-            "source": {"url": "http://127.0.0.1:1/x"}, "sink": {"table": "t"},
-            "retry": {"backoff_max": 7000}}}},
-        file="f.yaml", env={},
+        {
+            "integrations": {
+                "slow": {
+                    "source": {"url": "http://127.0.0.1:1/x"},
+                    "sink": {"table": "t"},
+                    "retry": {"backoff_max": 7000},
+                }
+            }
+        },
+        file="f.yaml",
+        env={},
     )
     limits = {"ihub.process_record": 300.0, "ihub.fetch_delta": 1800.0}
     with pytest.raises(ConfigError) as caught:
@@ -82,11 +89,18 @@ def test_schedule_has_reconcile_and_expiring_fetches(tmp_path: Path) -> None:
     from tasks.schedule import build
 
     config = parse_config(
-        {"integrations": {"a": {"schedule": 60, "source": {"url": "http://x/y"},
-                                "sink": {"table": "t"}},
-                          "b": {"schedule": "*/5 * * * *", "source": {"url": "http://x/y"},
-                                "sink": {"table": "t"}}}},
-        file="f.yaml", env={},
+        {
+            "integrations": {
+                "a": {"schedule": 60, "source": {"url": "http://x/y"}, "sink": {"table": "t"}},
+                "b": {
+                    "schedule": "*/5 * * * *",
+                    "source": {"url": "http://x/y"},
+                    "sink": {"table": "t"},
+                },
+            }
+        },
+        file="f.yaml",
+        env={},
     )
     entries = build(config)
     assert "ihub.reconcile" in entries

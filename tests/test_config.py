@@ -325,9 +325,7 @@ CLI_BAD = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "needle"), [c[1:] for c in CLI_BAD], ids=[c[0] for c in CLI_BAD]
-)
+@pytest.mark.parametrize(("text", "needle"), [c[1:] for c in CLI_BAD], ids=[c[0] for c in CLI_BAD])
 def test_cli_check_bad_file_exits_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, needle: str
 ) -> None:

@@ -359,9 +359,7 @@ def state(url: str, row_id: int) -> dict[str, Any]:
 
 def dead_letters(url: str, row_id: int) -> list[DeadLetter]:
     with session_scope(url) as session:
-        found = list(
-            session.scalars(select(DeadLetter).where(DeadLetter.record_row_id == row_id))
-        )
+        found = list(session.scalars(select(DeadLetter).where(DeadLetter.record_row_id == row_id)))
         session.expunge_all()
         return found
 

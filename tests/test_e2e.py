@@ -30,8 +30,9 @@ def stack(tmp_path: Path, pg_url: str, redis_url: str, source: DemoSource, monke
     """Env for workers and for this process, a Hub and a Celery app over Postgres + Redis."""
 
     def build(**overrides: object):
-        config = write_config(tmp_path / "integrations.yaml", source.url,
-                              source.options.client_secret, **overrides)
+        config = write_config(
+            tmp_path / "integrations.yaml", source.url, source.options.client_secret, **overrides
+        )
         env = service_env(tmp_path, config, pg_url, redis_url)
         for key, value in env.items():
             monkeypatch.setenv(key, value)

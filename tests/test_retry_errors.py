@@ -295,9 +295,7 @@ def test_error_with_defaults_survives_pickle(original: IhubError) -> None:
 
 def test_importing_every_pipeline_module_does_not_import_celery() -> None:
     """Every module under pipeline/ imports in a fresh interpreter without pulling in celery."""
-    names = sorted(
-        m.name for m in pkgutil.walk_packages(pipeline.__path__, prefix="pipeline.")
-    )
+    names = sorted(m.name for m in pkgutil.walk_packages(pipeline.__path__, prefix="pipeline."))
     assert "pipeline.sync" in names and "pipeline.sinks.sql" in names
     code = (
         f"import sys, {', '.join(names)}\n"

@@ -21,10 +21,17 @@ def write_config(path: Path, source_url: str, secret: str, **overrides: object) 
         "schedule": 3600,
         "source": {
             "url": f"{source_url}/api/records",
-            "auth": {"type": "oauth2", "grant_type": "client_credentials",
-                     "token_url": f"{source_url}/oauth/token", "client_id": "demo-client",
-                     "client_secret": secret, "refresh_margin": 5},
-            "records": "data", "id": "id", "updated": "updated_at",
+            "auth": {
+                "type": "oauth2",
+                "grant_type": "client_credentials",
+                "token_url": f"{source_url}/oauth/token",
+                "client_id": "demo-client",
+                "client_secret": secret,
+                "refresh_margin": 5,
+            },
+            "records": "data",
+            "id": "id",
+            "updated": "updated_at",
             "delta": {"param": "updated_since", "lookback": 30},
             "pagination": {"type": "cursor", "limit": 200},
         },
@@ -43,21 +50,31 @@ def write_config(path: Path, source_url: str, secret: str, **overrides: object) 
 
 def service_env(tmp_path: Path, config: Path, database_url: str, broker_url: str) -> dict[str, str]:
     return {
-        "IHUB_HOME": str(tmp_path / "home"), "IHUB_CONFIG": str(config),
-        "IHUB_DATABASE_URL": database_url, "IHUB_BROKER_URL": broker_url,
-        "IHUB_SECRET_KEY": "test-secret-key", "IHUB_RECONCILE_AFTER": "20",
+        "IHUB_HOME": str(tmp_path / "home"),
+        "IHUB_CONFIG": str(config),
+        "IHUB_DATABASE_URL": database_url,
+        "IHUB_BROKER_URL": broker_url,
+        "IHUB_SECRET_KEY": "test-secret-key",
+        "IHUB_RECONCILE_AFTER": "20",
     }
 
 
 @contextmanager
-def workers(env: dict[str, str], count: int = 2, concurrency: int = 2,
-            log_dir: Path | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
+def workers(
+    env: dict[str, str], count: int = 2, concurrency: int = 2, log_dir: Path | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """``count`` worker processes, started and answering ping before the block runs."""
     full = {**os.environ, **env}
     processes = []
     for n in range(count):
-        args = ["--concurrency", str(concurrency), "--loglevel", "INFO",
-                "--hostname", f"test{n}-{os.getpid()}@%h"]
+        args = [
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"test{n}-{os.getpid()}@%h",
+        ]
         if log_dir:
             args += ["--logfile", str(log_dir / f"worker{n}.log")]
         processes.append(start_celery("worker", args, full))

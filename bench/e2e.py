@@ -72,6 +72,7 @@ class Result:
     fetch_rps: float
     processing_rps: float
     e2e_rps: float
+    drain_rps: float | None
     noop_publish_seconds: float
     noop_seconds: float
     noop_tps: float
@@ -84,7 +85,7 @@ def _say(message: str) -> None:
 
 
 def _rate(count: int, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("inf")
+    return count / max(seconds, 1e-6)
 
 
 class Deadline:
@@ -275,7 +276,7 @@ class Bench:
 
     # -- ihub -------------------------------------------------------------------------------
 
-    def run_ihub(self, env: dict[str, str]) -> dict[str, float]:
+    def run_ihub(self, env: dict[str, str]) -> dict[str, Any]:
         from ihub.runner import OPEN
         from models import queue
         from pipeline import sync
@@ -320,6 +321,7 @@ class Bench:
         if result.status != "ok" or result.run_id is None:
             raise BenchError(f"fetch did not run: status={result.status}")
         run_id = result.run_id
+        done_at_fetch = queue.run_counts(self.db_url, run_id)["done"]
         if result.staged != n or result.unpublished:
             raise BenchError(
                 f"fetch staged {result.staged} of {n} record(s), "
@@ -327,7 +329,7 @@ class Bench:
             )
         _say(
             f"  fetch   {fetched - started:7.1f}s  done: {result.fetched} record(s) "
-            f"in {result.pages} page(s)"
+            f"in {result.pages} page(s); {done_at_fetch} already processed"
         )
 
         def progress() -> tuple[bool, str]:
@@ -357,12 +359,15 @@ class Bench:
         _say(f"  verified: {rows} rows in table {INTEGRATION}, run counts {counts}")
         workers.stop()
         assert first_publish is not None
+        left = n - done_at_fetch  # too few left when the workers kept up: no drain figure
+        drain = _rate(left, done - fetched) if left >= n / 20 else None
         return {
             "pages": result.pages,
             "fetch_seconds": fetched - started,
             "processing_seconds": done - first_publish,
             "e2e_seconds": done - started,
             "tail_seconds": done - fetched,
+            "drain_rps": drain,
         }
 
     def _precreate_table(self, hub: Any) -> None:
@@ -501,6 +506,7 @@ class Bench:
             fetch_rps=_rate(n, ihub["fetch_seconds"]),
             processing_rps=processing_rps,
             e2e_rps=e2e_rps,
+            drain_rps=ihub["drain_rps"],
             noop_publish_seconds=noop["noop_publish_seconds"],
             noop_seconds=noop["noop_seconds"],
             noop_tps=noop_tps,
@@ -521,6 +527,10 @@ def summary(r: Result) -> str:
             f"processing             {r.processing_rps:8.0f} rec/s    "
             f"({r.processing_seconds:.2f} s from the first publish, "
             f"{r.tail_seconds:.2f} s of it after the fetch)",
+            f"  after the fetch      {r.drain_rps:8.0f} rec/s    (the backlog alone, no fetch "
+            "competing)"
+            if r.drain_rps is not None
+            else "  after the fetch           n/a        (the workers kept up with the fetch)",
             f"end to end             {r.e2e_rps:8.0f} rec/s    ({r.e2e_seconds:.2f} s)",
             f"no-op ceiling          {r.noop_tps:8.0f} tasks/s  ({r.noop_seconds:.2f} s; "
             f"publishing alone {publish_rps:.0f}/s)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from models.db import session_scope
 from models.schema import Lease
@@ -13,6 +14,13 @@ from pipeline.timefmt import utcnow
 
 def acquire(database_url: str, name: str, owner: str, ttl: float) -> bool:
     """Take the lease if it is free, expired, or already ours; False when someone holds it."""
+    try:
+        return _acquire(database_url, name, owner, ttl)
+    except IntegrityError:  # another process inserted the first row of this lease just now
+        return False
+
+
+def _acquire(database_url: str, name: str, owner: str, ttl: float) -> bool:
     with session_scope(database_url) as session:
         lease = session.scalars(select(Lease).where(Lease.name == name).with_for_update()).first()
         now = utcnow()

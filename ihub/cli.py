@@ -202,7 +202,8 @@ def _render_status(report: dict[str, Any]) -> None:
         click.echo("queues: " + " ".join(f"{k}={v}" for k, v in report["queues"].items()))
 
 
-from ihub.cli_dead import auth, dead  # noqa: E402  (subcommand groups live in their own module)
+from ihub.cli_auth import auth  # noqa: E402  (subcommand groups live in their own modules)
+from ihub.cli_dead import dead  # noqa: E402
 from ihub.cli_demo import demo  # noqa: E402
 
 main.add_command(dead)

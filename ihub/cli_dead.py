@@ -1,4 +1,4 @@
-"""``ihub dead ...`` and ``ihub auth ...``: operator actions on dead letters and credentials."""
+"""``ihub dead ...``: operator actions on dead letters."""
 
 from __future__ import annotations
 
@@ -102,34 +102,3 @@ def dead_requeue(
     else:
         verb = "would requeue" if dry_run else "requeued"
         click.echo(f"{verb} {len(ids)} record(s)")
-
-
-@click.group()
-def auth() -> None:
-    """Credentials of integrations."""
-
-
-@auth.command("set")
-@click.argument("name")
-@click.option(
-    "--refresh-token",
-    prompt=True,
-    hide_input=True,
-    help="a new refresh token (prompted, hidden, when not given)",
-)
-def auth_set(name: str, refresh_token: str) -> None:
-    """Store a new refresh token for NAME and resume it if it was paused."""
-    from models import integrations
-    from models.tokens import StoredToken, TokenStore
-    from pipeline.auth.crypto import TokenCipher
-
-    settings = _settings()
-    store = TokenStore(settings.database_url, f"{name}:source", TokenCipher(settings.secret_key))
-    with store.locked() as locked:
-        current = locked.current
-        locked.save(
-            StoredToken(refresh_token=refresh_token.strip(), seed_hash=current.seed_hash),
-            refreshed=False,
-        )
-    integrations.resume(settings.database_url, name)
-    click.echo(f"{name}: refresh token stored; fetching resumes")

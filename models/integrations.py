@@ -81,3 +81,17 @@ def mark_fetch(database_url: str, name: str, *, success: bool) -> None:
 def all_states(database_url: str) -> list[IntegrationState]:
     with session_scope(database_url) as session:
         return list(session.scalars(select(IntegrationState).order_by(IntegrationState.name)))
+
+
+def paused_names(database_url: str) -> list[str]:
+    with session_scope(database_url) as session:
+        query = select(IntegrationState.name).where(
+            IntegrationState.status == IntegrationStatus.REAUTH_REQUIRED
+        )
+        return list(session.scalars(query))
+
+
+def is_paused(database_url: str, name: str) -> bool:
+    with session_scope(database_url) as session:
+        state = session.get(IntegrationState, name)
+        return state is not None and state.status == IntegrationStatus.REAUTH_REQUIRED

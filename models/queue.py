@@ -252,14 +252,20 @@ def _upsert_dead_letter(
     )
 
 
-def republish_due(database_url: str, *, grace: float, limit: int = 5000) -> list[int]:
+def republish_due(
+    database_url: str, *, grace: float, limit: int = 5000, skip: list[str] | None = None
+) -> list[int]:
     """Open rows past their deadline: the broker lost their task, or their worker died."""
     now = utcnow()
     with session_scope(database_url) as session:
         ids = list(
             session.scalars(
                 select(StagedRecord.id)
-                .where(StagedRecord.status.in_(OPEN), StagedRecord.due_at < now)
+                .where(
+                    StagedRecord.status.in_(OPEN),
+                    StagedRecord.due_at < now,
+                    StagedRecord.integration.not_in(skip or []),
+                )
                 .order_by(StagedRecord.due_at)
                 .limit(limit)
             )
@@ -380,3 +386,36 @@ def _dead_dict(dead: DeadLetter) -> dict[str, Any]:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() + "Z" if moment else None
+
+
+def release(database_url: str, row_id: int, *, due_in: float) -> None:
+    """Hand a claimed row back untouched (its integration is paused): pending, attempt undone."""
+    with session_scope(database_url) as session:
+        session.execute(
+            update(StagedRecord)
+            .where(StagedRecord.id == row_id, StagedRecord.status == S.PROCESSING)
+            .values(
+                status=S.PENDING,
+                attempts=StagedRecord.attempts - 1,
+                due_at=utcnow() + timedelta(seconds=due_in),
+            )
+        )
+
+
+def reopen(database_url: str, integration: str, *, due_in: float) -> list[int]:
+    """The open rows of an integration that resumes: the caller publishes them again."""
+    with session_scope(database_url) as session:
+        ids = list(
+            session.scalars(
+                select(StagedRecord.id).where(
+                    StagedRecord.integration == integration, StagedRecord.status.in_(OPEN)
+                )
+            )
+        )
+        if ids:
+            session.execute(
+                update(StagedRecord)
+                .where(StagedRecord.id.in_(ids))
+                .values(due_at=utcnow() + timedelta(seconds=due_in))
+            )
+        return ids

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -110,3 +111,22 @@ class LockedToken:
     def record_failure(self, reason: str) -> None:
         self._row.failure_count = (self._row.failure_count or 0) + 1
         self._row.last_error = reason[:2000]
+
+
+def token_health(database_url: str) -> list[dict[str, object]]:
+    """What an operator may see of each credential: never the token values."""
+    with session_scope(database_url) as session:
+        rows = session.scalars(select(Token).order_by(Token.credential))
+        return [
+            {
+                "credential": row.credential,
+                "expires_at": datetime.fromtimestamp(row.expires_at, UTC).isoformat()
+                if row.expires_at
+                else None,
+                "refresh_count": row.refresh_count or 0,
+                "failure_count": row.failure_count or 0,
+                "last_error": row.last_error,
+                "has_refresh_token": row.refresh_token is not None,
+            }
+            for row in rows
+        ]

@@ -17,8 +17,10 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -128,6 +130,43 @@ class SqlSinkConfig(Strict):
         return value
 
 
+class RestSinkConfig(Strict):
+    """Another system's REST API as the target: one request per record, keyed by its id.
+
+    The body carries ``version_field`` (the record's version) so that a target which compares
+    versions can refuse a stale write; a refusal with one of ``stale_status`` counts as done.
+    """
+
+    type: Literal["rest"]
+    url: str = Field(description="the record's URL; {id} is replaced by the url-quoted key")
+    method: Literal["PUT", "POST", "PATCH"] = "PUT"
+    key: str = "id"
+    auth: AuthConfig | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(30.0, gt=0)
+    version_field: str | None = "_ihub_version"
+    stale_status: list[int] = Field(default_factory=lambda: [409, 412])
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+
+def _sink_tag(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("type", "sql"))
+    return str(getattr(value, "type", "sql"))
+
+
+SinkConfig = Annotated[
+    Annotated[SqlSinkConfig, Tag("sql")] | Annotated[RestSinkConfig, Tag("rest")],
+    Discriminator(_sink_tag),
+]
+
+
 class RetryConfig(Strict):
     max_retries: int = Field(8, ge=0, le=100)
     backoff: float = Field(2.0, ge=0)
@@ -139,7 +178,7 @@ class IntegrationConfig(Strict):
     name: str = ""
     schedule: float | str = 60.0
     source: SourceConfig
-    sink: SqlSinkConfig
+    sink: SinkConfig
     retry: RetryConfig = Field(default_factory=RetryConfig)
     enabled: bool = True
 
@@ -258,7 +297,7 @@ def _describe(exc: ValidationError, file: str) -> list[str]:
 
 
 def _is_union_tag(part: object) -> bool:
-    return isinstance(part, str) and (part in {"oauth2", "none", "sql"} or "[" in part)
+    return isinstance(part, str) and (part in {"oauth2", "none", "sql", "rest"} or "[" in part)
 
 
 def masked(config: HubConfig) -> dict[str, Any]:

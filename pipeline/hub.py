@@ -3,16 +3,26 @@ integration, built on first use (so a forked worker builds its own)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
+from models import integrations
 from models.tokens import TokenStore
 from pipeline.auth.crypto import TokenCipher
 from pipeline.auth.manager import TokenManager
 from pipeline.auth.requests_auth import OAuth2Auth
-from pipeline.config import HubConfig, IntegrationConfig, OAuth2Config, load_config
+from pipeline.config import (
+    HubConfig,
+    IntegrationConfig,
+    OAuth2Config,
+    RestSinkConfig,
+    load_config,
+)
 from pipeline.settings import Settings, settings_from_env
-from pipeline.sinks import SqlSink
+from pipeline.sinks import RestSink, Sink, SqlSink
 from pipeline.sources import RestSource
+
+PAUSE_CHECK_EVERY = 2.0
 
 
 @dataclass
@@ -20,8 +30,9 @@ class Hub:
     settings: Settings
     config: HubConfig
     _sources: dict[str, RestSource] = field(default_factory=dict)
-    _sinks: dict[str, SqlSink] = field(default_factory=dict)
+    _sinks: dict[str, Sink] = field(default_factory=dict)
     _tokens: dict[str, TokenManager] = field(default_factory=dict)
+    _pause_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> Hub:
@@ -40,20 +51,42 @@ class Hub:
             config = self.integration(name).source
             auth = None
             if isinstance(config.auth, OAuth2Config):
-                auth = OAuth2Auth(self.token_manager(name, config.auth))
+                auth = OAuth2Auth(self.token_manager(name, "source", config.auth))
             self._sources[name] = RestSource(name, config, auth)
         return self._sources[name]
 
-    def token_manager(self, name: str, config: OAuth2Config) -> TokenManager:
-        if name not in self._tokens:
-            store = TokenStore(
-                self.database_url, f"{name}:source", TokenCipher(self.settings.secret_key)
-            )
-            self._tokens[name] = TokenManager(name, config, store)
-        return self._tokens[name]
+    def token_manager(self, name: str, side: str, config: OAuth2Config) -> TokenManager:
+        """One manager per credential: ``NAME:source`` and ``NAME:sink`` are separate rows."""
+        credential = credential_name(name, side)
+        if credential not in self._tokens:
+            store = TokenStore(self.database_url, credential, TokenCipher(self.settings.secret_key))
+            self._tokens[credential] = TokenManager(name, config, store)
+        return self._tokens[credential]
 
-    def sink(self, name: str) -> SqlSink:
+    def sink(self, name: str) -> Sink:
         if name not in self._sinks:
             config = self.integration(name).sink
-            self._sinks[name] = SqlSink(config.url or self.database_url, config.table, config.key)
+            if isinstance(config, RestSinkConfig):
+                auth = None
+                if isinstance(config.auth, OAuth2Config):
+                    auth = OAuth2Auth(self.token_manager(name, "sink", config.auth))
+                self._sinks[name] = RestSink(name, config, auth)
+            else:
+                url = config.url or self.database_url
+                self._sinks[name] = SqlSink(url, config.table, config.key)
         return self._sinks[name]
+
+    def paused(self, name: str) -> bool:
+        """Whether the integration waits for re-authorisation; read at most every 2 s."""
+        seen = self._pause_seen.get(name)
+        if seen is None or time.monotonic() - seen[0] > PAUSE_CHECK_EVERY:
+            seen = (time.monotonic(), integrations.is_paused(self.database_url, name))
+            self._pause_seen[name] = seen
+        return seen[1]
+
+    def forget_pause_state(self, name: str) -> None:
+        self._pause_seen.pop(name, None)
+
+
+def credential_name(integration: str, side: str) -> str:
+    return f"{integration}:{side}"

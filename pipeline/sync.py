@@ -121,7 +121,7 @@ def _publish_safely(publish: Publish, row_ids: list[int], name: str) -> int:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # done | retry | dead | skipped
+    status: str  # done | retry | dead | skipped | paused
     countdown: float = 0.0
     error: BaseException | None = None
 
@@ -141,11 +141,21 @@ def process_record(hub: Hub, row_id: int, *, worker: str | None = None) -> Outco
             url, row_id, error_class="WorkerLost", message=message, traceback=None, worker=worker
         )
         return Outcome("dead")
+    if hub.paused(claim.integration):
+        queue.release(url, row_id, due_in=hub.settings.reconcile_after)
+        return Outcome("paused")
     started = time.perf_counter()
     try:
         hub.sink(claim.integration).upsert(
             claim.payload, queue.sink_version(claim.version, claim.row_id)
         )
+    except ReauthRequired as exc:
+        # The target refused our credential: the record waits, its retry budget untouched.
+        integrations.pause_for_reauth(url, claim.integration, exc.reason)
+        hub.forget_pause_state(claim.integration)
+        queue.release(url, row_id, due_in=hub.settings.reconcile_after)
+        log.warning("%s: paused, re-authorisation required: %s", claim.integration, exc.reason)
+        return Outcome("paused", error=exc)
     except TransientError as exc:
         return _retry_or_die(hub, claim, exc, worker)
     except Exception as exc:
@@ -186,7 +196,8 @@ def _dead(url: str, row_id: int, exc: BaseException, worker: str | None) -> None
 
 def reconcile(hub: Hub, publish: Publish) -> int:
     """Republish open rows past their deadline; the count republished."""
-    ids = queue.republish_due(hub.database_url, grace=hub.settings.reconcile_after)
+    paused = integrations.paused_names(hub.database_url)
+    ids = queue.republish_due(hub.database_url, grace=hub.settings.reconcile_after, skip=paused)
     for start in range(0, len(ids), 500):
         publish(ids[start : start + 500])
     return len(ids)

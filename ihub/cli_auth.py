@@ -1,0 +1,66 @@
+"""``ihub auth ...``: credentials of integrations, and resuming a paused one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+@click.group()
+def auth() -> None:
+    """Credentials of integrations."""
+
+
+@auth.command("set")
+@click.argument("name")
+@click.option(
+    "--refresh-token",
+    prompt=True,
+    hide_input=True,
+    help="a new refresh token (prompted, hidden, when not given)",
+)
+@click.option("--sink", "side", flag_value="sink", help="the target's credential")
+@click.option("--source", "side", flag_value="source", default=True, help="the source's (default)")
+def auth_set(name: str, refresh_token: str, side: str) -> None:
+    """Store a new refresh token for NAME, resume it, and send its waiting records again."""
+    from models import integrations, queue
+    from models.tokens import StoredToken, TokenStore
+    from pipeline.auth.crypto import TokenCipher
+    from pipeline.hub import credential_name
+    from pipeline.settings import settings_from_env
+
+    settings = settings_from_env()
+    credential = credential_name(name, side)
+    store = TokenStore(settings.database_url, credential, TokenCipher(settings.secret_key))
+    with store.locked() as locked:
+        current = locked.current
+        fresh = StoredToken(refresh_token=refresh_token.strip(), seed_hash=current.seed_hash)
+        locked.save(fresh, refreshed=False)
+    integrations.resume(settings.database_url, name)
+    waiting = queue.reopen(settings.database_url, name, due_in=settings.reconcile_after)
+    if waiting:
+        from tasks.app import get_app
+        from tasks.records import publish_records
+
+        publish_records(get_app(), waiting)
+    click.echo(f"{credential}: refresh token stored; resumed; {len(waiting)} record(s) sent again")
+
+
+@auth.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def auth_status(as_json: bool) -> None:
+    """Every stored credential: expiry, refreshes, failures (never the tokens themselves)."""
+    from models.tokens import token_health
+    from pipeline.settings import settings_from_env
+
+    rows: list[dict[str, Any]] = token_health(settings_from_env().database_url)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(
+            f"{row['credential']}: expires_at={row['expires_at']} refreshes={row['refresh_count']}"
+            f" failures={row['failure_count']} last_error={row['last_error']}"
+        )

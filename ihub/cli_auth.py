@@ -25,7 +25,6 @@ def auth() -> None:
 @click.option("--source", "side", flag_value="source", default=True, help="the source's (default)")
 def auth_set(name: str, refresh_token: str, side: str) -> None:
     """Store a new refresh token for NAME, resume it, and send its waiting records again."""
-    from models import integrations, queue
     from models.tokens import StoredToken, TokenStore
     from pipeline.auth.crypto import TokenCipher
     from pipeline.hub import credential_name
@@ -38,14 +37,25 @@ def auth_set(name: str, refresh_token: str, side: str) -> None:
         current = locked.current
         fresh = StoredToken(refresh_token=refresh_token.strip(), seed_hash=current.seed_hash)
         locked.save(fresh, refreshed=False)
-    integrations.resume(settings.database_url, name)
-    waiting = queue.reopen(settings.database_url, name, due_in=settings.reconcile_after)
-    if waiting:
-        from tasks.app import get_app
-        from tasks.records import publish_records
+    sent = _resume(name)
+    click.echo(f"{credential}: refresh token stored; resumed; {sent} record(s) sent again")
 
-        publish_records(get_app(), waiting)
-    click.echo(f"{credential}: refresh token stored; resumed; {len(waiting)} record(s) sent again")
+
+@auth.command("resume")
+@click.argument("name")
+def auth_resume(name: str) -> None:
+    """Resume NAME after fixing its credentials in the config (a secret, a password)."""
+    click.echo(f"{name}: resumed; {_resume(name)} record(s) sent again")
+
+
+def _resume(name: str) -> int:
+    from pipeline import sync
+    from pipeline.hub import Hub
+    from tasks.app import get_app
+    from tasks.records import publish_records
+
+    app = get_app()
+    return sync.resume(Hub.from_env(), name, lambda ids: publish_records(app, ids))
 
 
 @auth.command("status")

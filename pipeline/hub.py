@@ -84,6 +84,18 @@ class Hub:
             self._pause_seen[name] = seen
         return seen[1]
 
+    def has_new_credentials(self, name: str) -> bool:
+        """A refresh token in the config that neither side has used yet (an operator's fix)."""
+        integration = self.integration(name)
+        sides = [("source", integration.source.auth)]
+        if isinstance(integration.sink, RestSinkConfig):
+            sides.append(("sink", integration.sink.auth))
+        return any(
+            self.token_manager(name, side, auth).has_new_seed()
+            for side, auth in sides
+            if isinstance(auth, OAuth2Config)
+        )
+
     def forget_pause_state(self, name: str) -> None:
         self._pause_seen.pop(name, None)
 

@@ -49,7 +49,9 @@ def fetch_delta(hub: Hub, name: str, publish: Publish, *, owner: str) -> FetchRe
     url = hub.database_url
     state = integrations.load(url, name)
     if state.status == IntegrationStatus.REAUTH_REQUIRED:
-        return FetchResult("paused")
+        if not hub.has_new_credentials(name):
+            return FetchResult("paused")
+        resume(hub, name, publish)  # a new refresh token in the config: try it
     lease = f"fetch:{name}"
     if not leases.acquire(url, lease, owner, ttl=hub.settings.fetch_time_limit + 60):
         return FetchResult("busy")
@@ -192,6 +194,15 @@ def _dead(url: str, row_id: int, exc: BaseException, worker: str | None) -> None
         traceback=trace,
         worker=worker,
     )
+
+
+def resume(hub: Hub, name: str, publish: Publish) -> int:
+    """Un-pause an integration and send the records that waited; how many were sent."""
+    integrations.resume(hub.database_url, name)
+    hub.forget_pause_state(name)
+    waiting = queue.reopen(hub.database_url, name, due_in=hub.settings.reconcile_after)
+    _publish_safely(publish, waiting, name)
+    return len(waiting)
 
 
 def reconcile(hub: Hub, publish: Publish) -> int:

@@ -117,13 +117,21 @@ class TokenManager:
             return None
         return current.refresh_token
 
+    def has_new_seed(self) -> bool:
+        """The config now names a refresh token this credential has not used yet."""
+        seed = self.config.refresh_token
+        if seed is None:
+            return False
+        stored = self.store.load()
+        return stored is None or stored.seed_hash != _digest(seed.get_secret_value())
+
     def _adopt_seed(self, locked: LockedToken) -> StoredToken:
         """A refresh token from the config is used once; later rotations live in the row."""
         current = locked.current
         seed = self.config.refresh_token
         if seed is None:
             return current
-        digest = hashlib.sha256(seed.get_secret_value().encode()).hexdigest()
+        digest = _digest(seed.get_secret_value())
         if current.seed_hash == digest:
             return current
         fresh = StoredToken(refresh_token=seed.get_secret_value(), seed_hash=digest)
@@ -139,6 +147,10 @@ def _basic_credentials(config: OAuth2Config) -> str | None:
         return base64.b64encode(pair.encode("latin1")).decode()
     except UnicodeEncodeError:  # requests cannot send such a pair as Basic either
         return None
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _required(access_token: str | None) -> str:

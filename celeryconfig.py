@@ -69,6 +69,7 @@ task_default_routing_key = PROCESS_QUEUE
 task_routes = {
     "ihub.fetch_delta": {"queue": FETCH_QUEUE},
     "ihub.reconcile": {"queue": FETCH_QUEUE},
+    "ihub.redrive": {"queue": FETCH_QUEUE},
     "ihub.process_record": {"queue": PROCESS_QUEUE},
 }
 timezone = "UTC"

@@ -112,29 +112,45 @@ def beat(celery_args: tuple[str, ...]) -> None:
 @main.command(context_settings=_PASSTHROUGH)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 def flower(flower_args: tuple[str, ...]) -> None:
-    """Run Flower against the same broker (in-memory history, capped)."""
-    args = [
-        "--max_tasks=10000",
-        "--purge_offline_workers=600",
-        "--inspect_timeout=5000",
-        "--address=127.0.0.1",
-        *flower_args,
-    ]
+    """Run Flower against the same broker (in-memory history, capped; 127.0.0.1 by default).
+
+    Any other --address needs --basic-auth=user:password or IHUB_FLOWER_BASIC_AUTH.
+    """
+    from ihub.flower import prepare
+
+    try:
+        args, env = prepare(flower_args, os.environ)
+    except ConfigError as exc:
+        _fail(str(exc))
+    os.environ.update(env)
     _exec_celery("flower", args)
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="not loopback: needs auth")
 @click.option("--port", default=8780, show_default=True)
-@click.option("--flower-url", default=None, help="link Flower from the page")
+@click.option("--flower-url", envvar="IHUB_FLOWER_URL", default=None, help="link Flower")
 def web(host: str, port: int, flower_url: str | None) -> None:
-    """Serve the status page."""
-    from ihub.web import serve_forever
+    """Serve the status page, its JSON API and /metrics.
+
+    Bound to anything but loopback it needs IHUB_WEB_USER and IHUB_WEB_PASSWORD (HTTP Basic).
+    """
+    from ihub.report import register_config_secrets
+    from ihub.web import auth_from_env, check_exposure, csrf_key_from_secret, serve_forever
 
     settings = _settings()
-    serve_forever(
-        settings.database_url, _broker_url(settings), host=host, port=port, flower_url=flower_url
-    )
+    register_config_secrets(settings.config_path)
+    try:
+        auth = auth_from_env(dict(os.environ))
+        check_exposure(host, auth)
+    except ConfigError as exc:
+        _fail(str(exc))
+    options: dict[str, Any] = {"flower_url": flower_url, "auth": auth}
+    options["due_in"] = settings.reconcile_after
+    if settings.secret_key:  # every `ihub web` process accepts the others' CSRF tokens
+        options["csrf_key"] = csrf_key_from_secret(settings.secret_key)
+    click.echo(f"status page on http://{host}:{port}/", err=True)
+    serve_forever(settings.database_url, _broker_url(settings), host=host, port=port, **options)
 
 
 def _broker_url(settings: Any) -> str | None:
@@ -182,30 +198,30 @@ def sync(name: str, wait: bool, timeout: float, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
-def status(as_json: bool) -> None:
-    """Per integration: state, watermark, records by status."""
+@click.option("--json", "as_json", is_flag=True, help="the same document as /api/status")
+@click.option("--hours", default=24.0, show_default=True, help="window for rates and times")
+def status(as_json: bool, hours: float) -> None:
+    """Per integration: state, last success, watermark lag, tokens, records; and the widgets."""
     from ihub.report import collect_status
 
     settings = _settings()
-    report = collect_status(settings.database_url, _broker_url(settings))
+    report = collect_status(settings.database_url, _broker_url(settings), hours=hours)
     _emit(report, as_json, _render_status)
 
 
 def _render_status(report: dict[str, Any]) -> None:
-    for item in report["integrations"]:
-        state = item["status"] + (f" ({item['status_reason']})" if item["status_reason"] else "")
-        counts = " ".join(f"{k}={v}" for k, v in item["counts"].items())
-        watermark = (item["watermark"] or {}).get("updated")
-        click.echo(f"{item['name']}: {state} watermark={watermark} {counts}")
-    if report.get("queues"):
-        click.echo("queues: " + " ".join(f"{k}={v}" for k, v in report["queues"].items()))
+    from ihub.report import render_text
+
+    for line in render_text(report):
+        click.echo(line)
 
 
 from ihub.cli_auth import auth  # noqa: E402  (subcommand groups live in their own modules)
 from ihub.cli_dead import dead  # noqa: E402
 from ihub.cli_demo import demo  # noqa: E402
+from ihub.cli_watermark import watermark  # noqa: E402
 
 main.add_command(dead)
 main.add_command(auth)
 main.add_command(demo)
+main.add_command(watermark)

@@ -92,10 +92,11 @@ def _start_page(settings: Any, port: int) -> Any:
     from ihub.cli import _broker_url
     from ihub.web import serve
 
+    broker, due_in = _broker_url(settings), settings.reconcile_after
     try:
-        return serve(settings.database_url, _broker_url(settings), port=port)
+        return serve(settings.database_url, broker, port=port, due_in=due_in)
     except OSError:
-        return serve(settings.database_url, _broker_url(settings), port=0)
+        return serve(settings.database_url, broker, port=0, due_in=due_in)
 
 
 def _run_once(settings: Any, app: Any, timeout: float) -> int:

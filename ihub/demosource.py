@@ -4,6 +4,11 @@ It exists so the demo, the tests and the benchmarks exercise real HTTP, real RFC
 semantics (rotation, revocation, expiry) and keyset paging over data that changes while it is
 read, without any external service. All state sits behind one lock so handler threads and the
 test thread (seeding, mutating, injecting faults) never see a half-applied change.
+
+Besides ``/api/records`` it serves the same table in the other styles real APIs use (Link
+headers, next URLs, a ServiceNow-like table API, a POST search, a tombstone listing): see
+``ihub.demostyles``. Tests can freeze its clock, delete records, and read ``requests``, the log
+of API requests it answered.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import copy
 import hmac
 import json
@@ -21,11 +27,15 @@ import secrets
 import threading
 import time
 from bisect import bisect_left, bisect_right, insort
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlsplit
+
+from ihub import demostyles
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,9 @@ class DemoSourceOptions:
     issue_refresh_token_for_client_credentials: bool = False
     page_size_max: int = 500
     timestamp_resolution: float = 1.0
+    require_auth: bool = True  # False: the API answers without a bearer token (tests)
+    soft_delete: bool = False  # True: delete() flags the record (deleted: true) and keeps it
+    page_delay: float = 0.0  # seconds each API response waits (a slow source, for kill tests)
 
     def __post_init__(self) -> None:
         """Fail fast on a typo rather than silently serving the default behaviour."""
@@ -153,6 +166,9 @@ class DemoSource:
         if self.options.initial_refresh_token:
             self._refresh.add(self.options.initial_refresh_token)
         self._faults: list[_Fault] = []
+        self._tombstones: list[tuple[int, str]] = []  # sorted (deleted_at_us, id)
+        self._clock: int | None = None  # frozen time in microseconds, or None for the real one
+        self.requests: deque[tuple[float, str, str, dict[str, Any]]] = deque(maxlen=10_000)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -237,7 +253,7 @@ class DemoSource:
 
     def seed(self, n: int, *, start: datetime | None = None) -> None:
         """Add n records in id order, spread between `start` (default n/4 s ago) and now."""
-        now = time.time_ns() // 1000
+        now = self._wallclock()
         first = _to_us(start) if start else now - n * 250_000
         step = (now - first) // max(n, 1)
         with self._lock:
@@ -250,8 +266,51 @@ class DemoSource:
         with self._lock:
             return copy.deepcopy(self._new_record(fields, self._now()))
 
+    def _wallclock(self) -> int:
+        return self._clock if self._clock is not None else time.time_ns() // 1000
+
     def _now(self) -> int:
-        return self._truncate(time.time_ns() // 1000)
+        return self._truncate(self._wallclock())
+
+    def now(self) -> datetime:
+        """The source's clock (frozen or real), as an aware UTC datetime."""
+        with self._lock:
+            return _EPOCH + timedelta(microseconds=self._wallclock())
+
+    def freeze_clock(self, at: datetime | None) -> None:
+        """Stamp every change at ``at`` from now on (None: the real clock again)."""
+        with self._lock:
+            self._clock = _to_us(at) if at is not None else None
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move a frozen clock forward."""
+        with self._lock:
+            if self._clock is None:
+                raise RuntimeError("the clock is not frozen")
+            self._clock += round(seconds * 1_000_000)
+
+    def delete(self, record_id: str) -> None:
+        """Delete a record: a tombstone in ``/api/deleted``, and with ``soft_delete`` the record
+        stays listed, flagged ``deleted: true`` with a new version."""
+        with self._lock:
+            old = self._records[record_id]
+            us = max(self._now(), self._ts[record_id])
+            if self.options.soft_delete:
+                self._store({**old, "deleted": True, "version": old["version"] + 1}, us)
+            else:
+                del self._index[bisect_left(self._index, (self._ts.pop(record_id), record_id))]
+                del self._records[record_id]
+            insort(self._tombstones, (us, record_id))
+
+    def clear(self) -> None:
+        """Forget every record and tombstone (numbering restarts), keep tokens and options."""
+        with self._lock:
+            self._records.clear()
+            self._ts.clear()
+            self._index.clear()
+            self._tombstones.clear()
+            self._next_number = 1
+            self.requests.clear()
 
     def update(self, record_id: str, **fields: Any) -> dict[str, Any]:
         """Change a record; its version always grows even if the truncated timestamp does not."""
@@ -259,23 +318,85 @@ class DemoSource:
             raise ValueError("id, number, version and updated_at are managed by the source")
         with self._lock:
             old = self._records[record_id]
+            if old.get("deleted"):
+                raise KeyError(f"{record_id} is deleted")
             record = {**old, **copy.deepcopy(fields), "version": old["version"] + 1}
             self._store(record, max(self._now(), self._ts[record_id]))
             return copy.deepcopy(record)
 
-    def mutate_random(self, k: int, rng: random.Random) -> None:
-        """k random changes (about 1 in 5 an insert) to simulate a live system."""
+    def mutate_random(self, k: int, rng: random.Random, *, deletes: float = 0.0) -> None:
+        """k random changes (about 1 in 5 an insert, ``deletes`` of them a deletion) to simulate
+        a live system."""
         for _ in range(k):
             with self._lock:
-                ids = list(self._records)
-            if not ids or rng.random() < 0.2:
+                ids = [i for i, r in self._records.items() if not r.get("deleted")]
+            draw = rng.random()
+            if not ids or draw < 0.2:
                 self.insert({"priority": rng.randint(1, 4)})
+            elif draw < 0.2 + deletes:
+                self.delete(rng.choice(ids))
             else:
                 self.update(rng.choice(ids), state=rng.choice(_STATES), priority=rng.randint(1, 4))
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The live records (a soft-deleted one is not live)."""
         with self._lock:
-            return copy.deepcopy(self._records)
+            return {k: copy.deepcopy(v) for k, v in self._records.items() if not v.get("deleted")}
+
+    def deleted_ids(self) -> set[str]:
+        with self._lock:
+            return {record_id for _, record_id in self._tombstones}
+
+    # -- the primitives of every listing style (ihub.demostyles) --------------------------------
+
+    def listing(
+        self,
+        *,
+        since: int | None = None,
+        after: tuple[int, str] | None = None,
+        match: Callable[[int, str], bool] | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> tuple[int, list[dict[str, Any]], bool]:
+        """(total from ``since``, the page, whether more follow), ordered by (updated, id):
+        from ``since`` (closed), strictly after ``after``, or filtered by ``match``."""
+        with self._lock:
+            if match is not None:
+                keys = [key for key in self._index if match(*key)]
+                page = keys[offset : offset + limit]
+                total, more = len(keys), offset + limit < len(keys)
+            else:
+                lo = bisect_left(self._index, (since, "")) if since is not None else 0
+                start = max(lo, bisect_right(self._index, after)) if after else lo
+                page = self._index[start + offset : start + offset + limit]
+                total, more = len(self._index) - lo, start + offset + limit < len(self._index)
+            return total, [self._records[rid] for _, rid in page], more
+
+    def tombstone_listing(
+        self, *, since: int | None, after: tuple[int, str] | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        with self._lock:
+            lo = bisect_left(self._tombstones, (since, "")) if since is not None else 0
+            start = max(lo, bisect_right(self._tombstones, after)) if after else lo
+            page = self._tombstones[start : start + limit]
+            rows = [{"id": rid, "deleted_at": self._format(us)} for us, rid in page]
+            return rows, start + limit < len(self._tombstones)
+
+    @staticmethod
+    def parse_us(text: str) -> int:
+        return _parse_ts(text)
+
+    @staticmethod
+    def us_of(record: dict[str, Any]) -> int:
+        return _parse_ts(record["updated_at"])
+
+    @staticmethod
+    def cursor_of(record: dict[str, Any]) -> str:
+        return _encode_cursor(record["updated_at"], record["id"])
+
+    @staticmethod
+    def decode_cursor(cursor: str) -> tuple[int, str]:
+        return _decode_cursor(cursor)
 
     def revoke_refresh_tokens(self) -> None:
         """Simulate a revoked consent: every token issued so far stops working."""
@@ -335,8 +456,52 @@ class DemoSource:
         if path == RECORDS_PATH or path.startswith(RECORDS_PATH + "/"):
             if method != "GET":
                 return _error(405, "invalid_request", "use GET", Allow="GET")
-            return self._api(path, parts.query, headers)
+            return self._slow(self._api(path, parts.query, headers))
+        if path in demostyles.STYLE_PATHS:
+            return self._slow(self._styled(method, path, parts.query, headers, body))
         return _error(404, "not_found")
+
+    def _slow(self, response: Response) -> Response:
+        if self.options.page_delay > 0:
+            time.sleep(self.options.page_delay)
+        return response
+
+    def _styled(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> Response:
+        allowed = demostyles.STYLE_PATHS[path]
+        if method != allowed:
+            return _error(405, "invalid_request", f"use {allowed}", Allow=allowed)
+        with self._lock:
+            refused = self._refuse(headers)
+        if refused is not None:
+            return refused
+        params = {k: v[0] for k, v in parse_qs(query).items()}
+        self._log(method, path, params, body)
+        try:
+            return demostyles.handle(self, path, params, body)
+        except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+            return _error(400, "invalid_request", f"bad request: {exc}")
+
+    def _log(self, method: str, path: str, params: dict[str, str], body: bytes) -> None:
+        entry: dict[str, Any] = dict(params)
+        if body:
+            with contextlib.suppress(ValueError):
+                entry["__body__"] = json.loads(body)
+        self.requests.append((time.monotonic(), method, path, entry))
+
+    def _refuse(self, headers: dict[str, str]) -> Response | None:
+        """The 401 for a missing or bad bearer token; None when the request may proceed."""
+        if not self.options.require_auth or self._bearer_ok(headers.get("authorization")):
+            return None
+        self.counters["api_401"] += 1
+        challenge = 'Bearer realm="ihub-demo", error="invalid_token"'
+        return _error(
+            401,
+            "invalid_token",
+            "access token missing, expired or revoked",
+            **{"WWW-Authenticate": challenge},
+        )
 
     def _token(self, body: bytes, headers: dict[str, str]) -> Response:
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
@@ -425,48 +590,42 @@ class DemoSource:
 
     def _api(self, path: str, query: str, headers: dict[str, str]) -> Response:
         with self._lock:
-            if not self._bearer_ok(headers.get("authorization")):
-                self.counters["api_401"] += 1
-                challenge = 'Bearer realm="ihub-demo", error="invalid_token"'
-                return _error(
-                    401,
-                    "invalid_token",
-                    "access token missing, expired or revoked",
-                    **{"WWW-Authenticate": challenge},
-                )
+            refused = self._refuse(headers)
+            if refused is not None:
+                return refused
             if path != RECORDS_PATH:
                 record = self._records.get(path[len(RECORDS_PATH) + 1 :])
                 return (200, record, {}) if record else _error(404, "not_found")
         params = {k: v[0] for k, v in parse_qs(query).items()}
+        self._log("GET", path, params, b"")
         try:
             return self._page(params)
         except (ValueError, TypeError, binascii.Error) as exc:
             return _error(400, "invalid_request", f"bad query parameter: {exc}")
 
     def _page(self, params: dict[str, str]) -> Response:
-        """Keyset page over (updated_at, id); `offset` switches to plain offset paging."""
+        """Keyset page over (updated_at, id): ``cursor`` continues after a row, ``after_id``
+        (with ``updated_since``) starts strictly after (updated_since, after_id); ``offset`` or
+        ``page`` (1-based) switch to positional paging. ``X-Total-Count`` has the total."""
         since = _parse_ts(params["updated_since"]) if "updated_since" in params else None
         limit = min(int(params.get("limit", 100)), self.options.page_size_max)
         offset = int(params["offset"]) if "offset" in params else None
-        use_cursor = offset is None and bool(params.get("cursor"))
-        after = _decode_cursor(params["cursor"]) if use_cursor else None
+        if "page" in params:
+            offset = (int(params["page"]) - 1) * limit
         if limit < 1 or (offset is not None and offset < 0):
-            raise ValueError("limit must be >= 1 and offset >= 0")
-        with self._lock:
-            lo = bisect_left(self._index, (since, "")) if since is not None else 0
-            total = len(self._index) - lo
-            if offset is not None:
-                start = lo + offset
-            else:
-                start = max(lo, bisect_right(self._index, after)) if after else lo
-            keys = self._index[start : start + limit]
-            data = [self._records[rid] for _, rid in keys]
-            more = start + limit < len(self._index)
+            raise ValueError("limit must be >= 1, offset >= 0 and page >= 1")
+        after = None
+        if offset is None and params.get("cursor"):
+            after = _decode_cursor(params["cursor"])
+        elif offset is None and params.get("after_id") and since is not None:
+            after = (since, params["after_id"])
+        total, data, more = self.listing(since=since, after=after, offset=offset or 0, limit=limit)
+        headers = {"X-Total-Count": str(total)}
         if offset is not None:
-            return 200, {"data": data, "total": total, "offset": offset, "limit": limit}, {}
+            return 200, {"data": data, "total": total, "offset": offset, "limit": limit}, headers
         last = data[-1] if data and more else None
         cursor = _encode_cursor(last["updated_at"], last["id"]) if last else None
-        return 200, {"data": data, "next_cursor": cursor, "total": total}, {}
+        return 200, {"data": data, "next_cursor": cursor, "total": total}, headers
 
 
 class _Server(ThreadingHTTPServer):

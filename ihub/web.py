@@ -1,221 +1,297 @@
-"""The status page and its JSON API: what an operator opens first, built on the stdlib alone.
+"""The status page, its JSON API and ``/metrics``: routing, authentication, CSRF and the server.
 
-wsgiref with a thread per request, so one slow query never blocks ``/healthz``. Record ids,
-messages and payloads come from third parties: every value is HTML-escaped before it is shown,
-and the Content-Security-Policy forbids scripts outright (the page needs none).
+wsgiref with a thread per request, so one slow query never blocks ``/healthz``. The app keeps no
+state: every request reads the database (and the broker's queue lengths) afresh, so any number
+of ``ihub web`` processes show the same thing and the page never depends on Flower.
+
+Safe by default: it binds 127.0.0.1; bound anywhere else it refuses to start without HTTP Basic
+credentials (``IHUB_WEB_USER`` / ``IHUB_WEB_PASSWORD``), which then guard every path but
+``/healthz``. Requeue is a POST carrying a CSRF token (an HMAC of a SameSite=Strict cookie under a
+server key), from the same origin, and goes through a confirmation page first.
 """
 
 from __future__ import annotations
 
-import json
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
-from html import escape
+from http.cookies import SimpleCookie
 from socketserver import ThreadingMixIn
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from ihub.report import collect_status
-from models import queue
-from models.schema import IntegrationStatus, RecordStatus
+from ihub import actions, api, metrics, pages, pages_dead, report
+from ihub.api import HTML, TEXT, BadRequest, Request, Response, html_response
+from models import dashboard
+from models.dashboard import DeadFilter
+from pipeline.errors import ConfigError
 from pipeline.timefmt import utcnow
 
-STATUSES = tuple(s.value for s in RecordStatus)
-REFRESH_SECONDS = 5
-DEAD_ON_PAGE = 50
-LONG_FIELDS = ("message", "payload", "traceback")  # shown below the table, in <pre>
-HTML, JSON, TEXT = "text/html; charset=utf-8", "application/json", "text/plain; charset=utf-8"
-Response = tuple[str, str, bytes]  # status line, content type, body
-
-CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#222}
-header{background:#1f2937;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
-header h1{margin:0;font-size:20px}header a{color:#93c5fd}main{padding:16px 20px}
-.cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px 16px;min-width:300px}
-.card h2{margin:0 0 6px;font-size:16px}.paused{border:2px solid #dc2626}
-.alert{color:#b91c1c;font-weight:bold}.ok{color:#15803d;font-weight:bold}.muted{color:#666}
-.badge{display:inline-block;border-radius:10px;padding:1px 8px;margin:2px;color:#fff;font-size:12px}
-.pending{background:#6b7280}.processing{background:#2563eb}.retrying{background:#d97706}
-.done{background:#16a34a}.dead{background:#dc2626}
-table{border-collapse:collapse;background:#fff;width:100%}
-td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-pre{background:#fff;border:1px solid #ddd;padding:10px;overflow:auto;white-space:pre-wrap}
-"""
+log = logging.getLogger(__name__)
+METRICS = "text/plain; version=0.0.4; charset=utf-8"
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+COOKIE = "ihub_csrf"
+MAX_BODY = 1 << 20
 
 
-def make_app(
-    database_url: str, broker_url: str | None, *, flower_url: str | None = None
-) -> WSGIApplication:
-    """The WSGI app; it holds no state, every request reads the database afresh."""
+@dataclass(frozen=True)
+class Config:
+    database_url: str
+    broker_url: str | None
+    flower_url: str | None = None
+    auth: tuple[str, str] | None = None
+    csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    clock: Callable[[], datetime] = utcnow
+    publish: actions.Publish | None = None
+    due_in: float = 300.0
+
+
+def make_app(database_url: str, broker_url: str | None, **options: Any) -> WSGIApplication:
+    """The WSGI app; options are the fields of ``Config`` (auth, clock, publish, ...)."""
+    config = Config(database_url, broker_url, **options)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        if method in ("GET", "HEAD"):
-            status, content_type, body = _route(database_url, broker_url, flower_url, environ)
-        else:
-            status, content_type, body = "405 Method Not Allowed", TEXT, b"method not allowed"
-        start_response(
-            status,
-            [
-                ("Content-Type", content_type),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-                ("X-Content-Type-Options", "nosniff"),
-                ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
-            ],
-        )
-        return [b""] if method == "HEAD" else [body]
+        response = handle(config, environ)
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("X-Frame-Options", "DENY"),
+            ("Referrer-Policy", "same-origin"),
+            ("Content-Security-Policy", CSP),
+            *response.headers,
+        ]
+        start_response(response.status, headers)
+        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [response.body]
 
     return app
 
 
-def _route(
-    database_url: str, broker_url: str | None, flower_url: str | None, environ: WSGIEnvironment
-) -> Response:
-    path = environ.get("PATH_INFO") or "/"
-    query = parse_qs(environ.get("QUERY_STRING", ""))
+def handle(config: Config, environ: WSGIEnvironment) -> Response:
+    try:
+        request = _request(environ)
+    except BadRequest as exc:
+        return Response("413 Content Too Large", TEXT, str(exc).encode())
+    if request.path != "/healthz" and not _authorized(config, request):
+        return Response(
+            "401 Unauthorized",
+            TEXT,
+            b"authentication required",
+            [("WWW-Authenticate", 'Basic realm="ihub", charset="UTF-8"')],
+        )
+    cookie = request.cookie or secrets.token_urlsafe(32)
+    csrf = _csrf_token(config, cookie)
+    try:
+        if request.method in ("GET", "HEAD"):
+            response = _get(config, request, csrf)
+        elif request.method == "POST" and request.path == "/dead/requeue":
+            response = _post_requeue(config, request, csrf)
+        else:
+            response = Response("405 Method Not Allowed", TEXT, b"method not allowed")
+    except BadRequest as exc:
+        response = Response("400 Bad Request", TEXT, str(exc).encode())
+    except Exception:
+        log.exception("status page: %s %s failed", request.method, request.path)
+        response = Response("500 Internal Server Error", TEXT, b"internal error (see the log)")
+    if request.cookie is None and response.content_type == HTML:
+        response.headers.append(
+            ("Set-Cookie", f"{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict")
+        )
+    return response
+
+
+def _get(config: Config, request: Request, csrf: str) -> Response:
+    db, path, now = config.database_url, request.path, config.clock()
     if path == "/healthz":
-        return "200 OK", TEXT, b"ok"
+        return Response("200 OK", TEXT, b"ok")
     if path == "/":
-        status = collect_status(database_url, broker_url)
-        dead = queue.list_dead(database_url, limit=DEAD_ON_PAGE)
-        return "200 OK", HTML, render_index(status, dead, flower_url).encode()
-    if path == "/api/status":
-        return _json(collect_status(database_url, broker_url))
-    if path == "/api/dead":
-        integration = query.get("integration", [""])[0] or None
-        try:
-            limit = min(max(int(query.get("limit", ["100"])[0]), 1), 1000)
-        except ValueError:
-            return "400 Bad Request", TEXT, b"limit must be an integer"
-        return _json(queue.list_dead(database_url, integration=integration, limit=limit))
-    tail = path.removeprefix("/dead/")
-    if tail != path and tail.isascii() and tail.isdigit():
-        dead = queue.show_dead(database_url, int(tail))
+        hours = api.number(request, "hours", 24, api.MAX_HOURS)
+        status = report.collect_status(db, config.broker_url, now=now, hours=hours)
+        return html_response(pages.dashboard(status, flower_url=config.flower_url, hours=hours))
+    if path == "/dead":
+        return _dead_page(config, request, csrf)
+    if path == "/metrics":
+        return Response("200 OK", METRICS, metrics.render(db, config.broker_url, config.clock))
+    if path.startswith("/dead/") and path[6:].isascii() and path[6:].isdigit():
+        dead = report.dead_letter(db, int(path[6:]))
         if dead is not None:
-            return "200 OK", HTML, render_dead(dead).encode()
-    return "404 Not Found", TEXT, b"not found"
+            return html_response(pages_dead.dead_detail(dead, csrf, flower_url=config.flower_url))
+    if path.startswith("/api"):
+        return api.handle(request, db, config.broker_url, now)
+    return Response("404 Not Found", TEXT, b"not found")
 
 
-def _json(value: Any) -> Response:
-    return "200 OK", JSON, json.dumps(value, default=str, indent=1).encode()
-
-
-def render_index(status: dict[str, Any], dead: list[dict[str, Any]], flower: str | None) -> str:
-    cards = "".join(_card(item) for item in status["integrations"])
-    rows = "".join(_dead_row(d) for d in dead)
-    table = (
-        "<table><tr><th>Time</th><th>Integration</th><th>Record</th><th>Error</th>"
-        f"<th>Message</th><th>Attempts</th></tr>{rows}</table>"
-        if dead
-        else '<p class="muted">No dead letters.</p>'
+def _dead_page(config: Config, request: Request, csrf: str) -> Response:
+    flt = api.dead_filter(request)
+    offset = int(api.number(request, "offset", 0, 10**9, integer=True, low=0))
+    found = dashboard.dead_letters(config.database_url, flt, limit=api.DEAD_PAGE, offset=offset)
+    requeued = request.arg("requeued")
+    notice = f"{int(requeued)} dead letter(s) requeued." if requeued.isdigit() else ""
+    if request.arg("unpublished").isdigit():
+        notice += " The broker did not answer: the reconciler will publish them."
+    facets = dashboard.dead_facets(config.database_url)
+    html = pages_dead.dead_list(
+        found,
+        flt,
+        facets,
+        csrf,
+        offset=offset,
+        limit=api.DEAD_PAGE,
+        notice=notice,
+        flower_url=config.flower_url,
     )
-    body = (
-        f'<section class="summary"><p>All records: {_badges(status["totals"])}</p>'
-        f"<p>Queue depth: {_queues(status['queues'])}</p></section>"
-        f'<div class="cards">{cards or "<p class=muted>No integrations yet.</p>"}</div>'
-        f"<h2>Latest dead letters</h2>{table}"
+    return html_response(html)
+
+
+def _post_requeue(config: Config, request: Request, csrf: str) -> Response:
+    if (
+        not _same_origin(request)
+        or not hmac.compare_digest(request.arg("csrf", form=True).encode(), csrf.encode())
+        or request.cookie is None
+    ):
+        return Response("403 Forbidden", TEXT, b"cross-site request refused (CSRF token)")
+    scope = request.arg("scope", form=True)
+    flt = api.dead_filter(request, form=True)
+    if scope == "selected":
+        raw = request.form.get("row_id", [])
+        if not all(v.isascii() and v.isdigit() for v in raw):
+            raise BadRequest("row_id must be integers")
+        row_ids: list[int] | None = [int(v) for v in raw]
+        target = DeadFilter()
+    elif scope == "filter":
+        row_ids, target = None, flt
+    else:
+        raise BadRequest("scope must be 'selected' or 'filter'")
+    kwargs: dict[str, Any] = {
+        "row_ids": row_ids,
+        "flt": target,
+        "everything": scope == "filter",
+        "due_in": config.due_in,
+    }
+    if scope == "selected" and not row_ids:
+        return html_response(
+            pages_dead.confirm(scope=scope, row_ids=[], flt=flt, count=0, csrf=csrf)
+        )
+    if request.arg("confirm", form=True) != "yes":
+        would = actions.requeue(config.database_url, dry_run=True, **kwargs)
+        count = len(would.row_ids)
+        html = pages_dead.confirm(
+            scope=scope, row_ids=row_ids or [], flt=flt, count=count, csrf=csrf
+        )
+        return html_response(html)
+    done = actions.requeue(config.database_url, publish=config.publish, **kwargs)
+    extra = {"requeued": str(len(done.row_ids))}
+    if not done.published:
+        extra["unpublished"] = "1"
+    location = "/dead?" + pages_dead.filter_query(flt, **extra)
+    return Response("303 See Other", TEXT, b"requeued", [("Location", location)])
+
+
+def _same_origin(request: Request) -> bool:
+    """Browsers send Origin on POST (and Sec-Fetch-Site); when present they must be ours."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin != "null" and urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def _csrf_token(config: Config, cookie: str) -> str:
+    return hmac.new(config.csrf_key, cookie.encode(), hashlib.sha256).hexdigest()
+
+
+def _authorized(config: Config, request: Request) -> bool:
+    if config.auth is None:
+        return True
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    expected_user, expected_password = config.auth
+    user_ok = hmac.compare_digest(user.encode(), expected_user.encode())
+    return hmac.compare_digest(password.encode(), expected_password.encode()) and user_ok
+
+
+def _request(environ: WSGIEnvironment) -> Request:
+    method = environ.get("REQUEST_METHOD", "GET")
+    form: dict[str, list[str]] = {}
+    if method == "POST":
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > MAX_BODY:
+            raise BadRequest("request body too large")
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        form = parse_qs(body.decode("utf-8", "replace"))
+    headers = {
+        key[5:].replace("_", "-").lower(): value
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    }
+    cookies = SimpleCookie()
+    try:
+        cookies.load(headers.get("cookie", ""))
+    except Exception:  # a malformed Cookie header from another app on the same host
+        cookies = SimpleCookie()
+    cookie = cookies[COOKIE].value if COOKIE in cookies else None
+    return Request(
+        method,
+        environ.get("PATH_INFO") or "/",
+        parse_qs(environ.get("QUERY_STRING", "")),
+        form,
+        headers,
+        cookie if cookie and len(cookie) >= 32 else None,
     )
-    links = f'<a href="{escape(flower)}">Flower</a>' if _is_http(flower) else ""
-    refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
-    return _page(
-        "ihub", body, head=refresh, links=links, note=f"generated {status['generated_at']}"
-    )
 
 
-def _card(item: dict[str, Any]) -> str:
-    paused = item["status"] == IntegrationStatus.REAUTH_REQUIRED
-    state = (
-        f'<p class="alert">PAUSED: re-authorisation required<br>'
-        f"{_e(item['status_reason'] or 'no reason recorded')}</p>"
-        if paused
-        else f'<p class="ok">{_e(item["status"])}</p>'
-    )
-    mark = item["watermark"]
-    watermark = f"{_e(mark['updated'])} / {_e(mark['id'])}" if mark["updated"] else "none yet"
-    run = item["last_run"]
-    last_run = f"#{run['id']} {_e(run['status'])}, staged {run['staged']}" if run else "none"
-    return (
-        f'<div class="card{" paused" if paused else ""}"><h2>{_e(item["name"])}</h2>{state}'
-        f"<div>Watermark: {watermark}</div>"
-        f"<div>Last success: {_when(item['last_success_at'])}</div>"
-        f"<div>Last fetch: {_when(item['last_fetch_at'])}</div>"
-        f"<div>Last run: {last_run}</div><div>{_badges(item['counts'])}</div></div>"
-    )
+# --- exposure rules and the server ---
 
 
-def _badges(counts: dict[str, int]) -> str:
-    return "".join(f'<span class="badge {s}">{s} {int(counts.get(s, 0))}</span>' for s in STATUSES)
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-def _queues(depths: dict[str, int] | None) -> str:
-    if depths is None:
-        return '<span class="muted">unavailable</span>'
-    return ", ".join(f"{_e(name)}: {int(n)}" for name, n in depths.items())
+def auth_from_env(env: dict[str, str]) -> tuple[str, str] | None:
+    user, password = env.get("IHUB_WEB_USER", ""), env.get("IHUB_WEB_PASSWORD", "")
+    if bool(user) != bool(password):
+        raise ConfigError("environment: IHUB_WEB_USER and IHUB_WEB_PASSWORD go together")
+    return (user, password) if user else None
 
 
-def _dead_row(dead: dict[str, Any]) -> str:
-    message = dead["message"] or ""
-    short = message if len(message) <= 120 else message[:119] + "…"
-    return (
-        f"<tr><td>{_e(dead['last_failed_at'])}</td><td>{_e(dead['integration'])}</td>"
-        f'<td><a href="/dead/{int(dead["row_id"])}">{_e(dead["record_id"])}</a></td>'
-        f"<td>{_e(dead['error_class'])}</td><td>{_e(short)}</td>"
-        f"<td>{int(dead['attempts'])}</td></tr>"
-    )
+def csrf_key_from_secret(secret: str) -> bytes:
+    return hashlib.sha256(b"ihub-web-csrf:" + secret.encode()).digest()
 
 
-def render_dead(dead: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>"
-        for k, v in dead.items()
-        if k not in LONG_FIELDS
-    )
-    payload = json.dumps(dead["payload"], indent=2, sort_keys=True, ensure_ascii=False, default=str)
-    body = (
-        f"<h2>Dead letter {int(dead['row_id'])}</h2><table>{rows}</table>"
-        f"<h3>Message</h3><pre>{_e(dead['message'])}</pre>"
-        f"<h3>Payload</h3><pre>{_e(payload)}</pre>"
-        f"<h3>Traceback</h3><pre>{_e(dead.get('traceback') or 'none recorded')}</pre>"
-    )
-    return _page(f"ihub: dead letter {int(dead['row_id'])}", body, links='<a href="/">status</a>')
-
-
-def _page(title: str, body: str, *, head: str = "", links: str = "", note: str = "") -> str:
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{head}'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
-        f'<header><h1>ihub</h1>{links}<span class="muted">{_e(note)}</span></header>'
-        f"<main>{body}</main></body></html>"
-    )
-
-
-def _e(value: Any) -> str:
-    return escape("" if value is None else str(value))
-
-
-def _is_http(url: str | None) -> bool:
-    """Only http(s) links: a ``javascript:`` URL in configuration must not become a link."""
-    return bool(url) and str(url).lower().startswith(("http://", "https://"))
-
-
-def _when(iso: str | None) -> str:
-    if not iso:
-        return '<span class="muted">never</span>'
-    seconds = int((utcnow() - datetime.fromisoformat(iso.removesuffix("Z"))).total_seconds())
-    return f"{_e(iso)} ({_age(seconds)} ago)"
-
-
-def _age(seconds: int) -> str:
-    for unit, name in ((86400, "d"), (3600, "h"), (60, "m")):
-        if seconds >= unit:
-            return f"{seconds // unit}{name}"
-    return f"{max(seconds, 0)}s"
+def check_exposure(host: str, auth: tuple[str, str] | None) -> None:
+    if auth is None and not is_loopback(host):
+        raise ConfigError(
+            f"ihub web: binding {host!r} (not loopback) needs HTTP Basic credentials: set "
+            "IHUB_WEB_USER and IHUB_WEB_PASSWORD (and put TLS in front)"
+        )
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -230,9 +306,10 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def _make_server(
-    database_url: str, broker_url: str | None, host: str, port: int, flower_url: str | None
+    database_url: str, broker_url: str | None, host: str, port: int, options: dict[str, Any]
 ) -> WSGIServer:
-    app = make_app(database_url, broker_url, flower_url=flower_url)
+    check_exposure(host, options.get("auth"))
+    app = make_app(database_url, broker_url, **options)
     return make_server(
         host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
     )
@@ -259,10 +336,10 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8780,
-    flower_url: str | None = None,
+    **options: Any,
 ) -> ServerHandle:
     """Serve in the background (tests, ``ihub demo``); port 0 picks a free port."""
-    server = _make_server(database_url, broker_url, host, port, flower_url)
+    server = _make_server(database_url, broker_url, host, port, options)
     thread = threading.Thread(
         target=server.serve_forever, args=(0.1,), name="ihub-web", daemon=True
     )
@@ -277,8 +354,8 @@ def serve_forever(
     *,
     host: str = "127.0.0.1",
     port: int = 8780,
-    flower_url: str | None = None,
+    **options: Any,
 ) -> None:
     """Blocking, for ``ihub web``: serves until the process is interrupted."""
-    with _make_server(database_url, broker_url, host, port, flower_url) as server:
+    with _make_server(database_url, broker_url, host, port, options) as server:
         server.serve_forever()

@@ -16,8 +16,9 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from models import deadletters
 from models.db import session_scope
-from models.schema import DeadLetter, RecordStatus, StagedRecord
+from models.schema import RecordStatus, StagedRecord
 from pipeline.delta import SourceRecord
 from pipeline.timefmt import utcnow
 
@@ -38,10 +39,12 @@ def stage(
     records: list[SourceRecord],
     *,
     due_in: float,
+    force: bool = False,
 ) -> list[int]:
-    """Insert each record unless its latest staged row is the same; the new row ids, to publish."""
+    """Insert each record unless its latest staged row is the same (or ``force``: a full
+    refresh stages every record again); the new row ids, to publish."""
     page = {r.id: r for r in records}  # a repeated id in one page: the last one is current
-    latest = _latest_staged(session, integration, list(page))
+    latest = {} if force else _latest_staged(session, integration, list(page))
     due, now = utcnow() + timedelta(seconds=due_in), utcnow()
     rows = []
     for record in page.values():
@@ -136,12 +139,25 @@ class Claim:
     crash_redeliveries: int
 
 
-def claim(database_url: str, row_id: int, *, deadline: float) -> Claim | None:
-    """Mark the row processing; None when it is already done or dead (a duplicate task).
+def claim(
+    database_url: str,
+    row_id: int,
+    *,
+    deadline: float,
+    token: str | None = None,
+    redelivered: bool = True,
+) -> Claim | None:
+    """Mark the row processing for task ``token``; None when there is nothing to do.
 
-    A row found already ``processing`` was left by a worker that died or lost its broker
-    connection: that redelivery is counted, so a record that kills its worker every time can be
-    dead-lettered instead of looping (PITFALLS 5).
+    Nothing to do: the row is done or dead (a duplicate task), or another task holds it and its
+    lease (``deadline`` seconds from its start, longer than the hard time limit) still runs, as
+    when a duplicate publish, a reconciler republish or a redelivered ETA message arrives while
+    the first copy works: so one record is never processed twice in parallel.
+
+    The same task id again, or a lease run out, means the holder is gone: the row is taken over.
+    A redelivered message (the broker restores it after its worker died) or a run-out lease is
+    counted, so a record that kills its worker every time can be dead-lettered instead of
+    looping (PITFALLS 5); our own retry after a database outage is not.
     """
     with session_scope(database_url) as session:
         row = session.scalars(
@@ -149,10 +165,16 @@ def claim(database_url: str, row_id: int, *, deadline: float) -> Claim | None:
         ).first()
         if row is None or row.status not in OPEN:
             return None
-        if row.status == S.PROCESSING:
-            row.deliveries += 1
         now = utcnow()
-        row.status, row.attempts = S.PROCESSING, row.attempts + 1
+        if row.status == S.PROCESSING:
+            started = row.started_at or now
+            lease_runs = started + timedelta(seconds=deadline) > now
+            same_holder = None in (token, row.claim_token) or row.claim_token == token
+            if lease_runs and not same_holder:
+                return None
+            if redelivered or not lease_runs:
+                row.deliveries += 1
+        row.status, row.attempts, row.claim_token = S.PROCESSING, row.attempts + 1, token
         row.started_at, row.due_at = now, now + timedelta(seconds=deadline)
         return Claim(
             row.id,
@@ -204,13 +226,20 @@ def mark_dead(
     message: str,
     traceback: str | None,
     worker: str | None,
+    expect_token: str | None = None,
 ) -> bool:
-    """Dead-letter the row and write (or refresh) its one dead-letter entry, in one transaction."""
+    """Dead-letter the row and write (or refresh) its one dead-letter entry, in one transaction.
+
+    ``expect_token``: only while that task still holds the row (a spooled dead letter replayed
+    late must not kill a record another task has taken over since).
+    """
     with session_scope(database_url) as session:
         row = session.scalars(
             select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
         ).first()
         if row is None or row.status not in OPEN:
+            return False
+        if expect_token is not None and row.claim_token != expect_token:
             return False
         row.status, row.finished_at, row.due_at = S.DEAD, utcnow(), None
         row.last_error, row.error_class = message[:2000], error_class
@@ -218,52 +247,28 @@ def mark_dead(
         return True
 
 
-def _upsert_dead_letter(
-    session: Session,
-    row: StagedRecord,
-    error_class: str,
-    message: str,
-    traceback: str | None,
-    worker: str | None,
-) -> None:
-    now = utcnow()
-    values = {
-        "record_row_id": row.id,
-        "integration": row.integration,
-        "record_id": row.record_id,
-        "version": row.version,
-        "error_class": error_class,
-        "message": message,
-        "traceback": traceback,
-        "attempts": row.attempts,
-        "worker": worker,
-        "first_failed_at": now,
-        "last_failed_at": now,
-        "requeue_count": 0,
-        "active": True,
-    }
-    statement = dialect_insert(session, DeadLetter).values(values)
-    keep = {"first_failed_at", "requeue_count", "record_row_id"}
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["record_row_id"],
-            set_={k: statement.excluded[k] for k in values if k not in keep},
-        )
-    )
+_upsert_dead_letter = deadletters.record
 
 
 def republish_due(
-    database_url: str, *, grace: float, limit: int = 5000, skip: list[str] | None = None
+    database_url: str,
+    *,
+    grace: float,
+    limit: int = 5000,
+    skip: list[str] | None = None,
+    statuses: tuple[str, ...] = OPEN,
+    overdue: float = 0.0,
 ) -> list[int]:
-    """Open rows past their deadline: the broker lost their task, or their worker died."""
+    """Open rows past their deadline (by more than ``overdue`` seconds): the broker lost their
+    task, or their worker died."""
     now = utcnow()
     with session_scope(database_url) as session:
         ids = list(
             session.scalars(
                 select(StagedRecord.id)
                 .where(
-                    StagedRecord.status.in_(OPEN),
-                    StagedRecord.due_at < now,
+                    StagedRecord.status.in_(statuses),
+                    StagedRecord.due_at < now - timedelta(seconds=overdue),
                     StagedRecord.integration.not_in(skip or []),
                 )
                 .order_by(StagedRecord.due_at)
@@ -287,31 +292,24 @@ def requeue_dead(
     everything: bool = False,
     dry_run: bool = False,
     due_in: float = 300.0,
+    actor: str = "unknown",
 ) -> list[int]:
-    """Dead rows back to pending; the caller publishes the returned ids."""
+    """Dead rows back to pending, recorded as a requeue by ``actor``; the caller publishes the
+    returned ids. ``models.deadletters.requeue`` adds filters, batches and a rate limit."""
     if not (integration or row_ids or everything):
         raise ValueError("name an integration, row ids, or everything")
-    with session_scope(database_url) as session:
-        query = select(StagedRecord).where(StagedRecord.status == S.DEAD).with_for_update()
-        if integration:
-            query = query.where(StagedRecord.integration == integration)
-        if row_ids:
-            query = query.where(StagedRecord.id.in_(row_ids))
-        rows = list(session.scalars(query.order_by(StagedRecord.id)))
-        if dry_run:
-            return [r.id for r in rows]
-        now = utcnow()
-        for row in rows:
-            row.status, row.attempts, row.deliveries = S.PENDING, 0, 0
-            row.due_at, row.finished_at = now + timedelta(seconds=due_in), None
-        ids = [r.id for r in rows]
-        if ids:
-            session.execute(
-                update(DeadLetter)
-                .where(DeadLetter.record_row_id.in_(ids))
-                .values(active=False, requeued_at=now, requeue_count=DeadLetter.requeue_count + 1)
-            )
-        return ids
+    selection = deadletters.Selection(
+        integration=integration, row_ids=tuple(row_ids or ()), everything=everything
+    )
+    return deadletters.requeue(
+        database_url,
+        selection,
+        actor=actor,
+        publish=None,
+        dry_run=dry_run,
+        batch=CHUNK,
+        due_in=due_in,
+    ).row_ids
 
 
 def counts(database_url: str, integration: str | None = None) -> dict[str, int]:
@@ -341,51 +339,12 @@ def list_dead(
     integration: str | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    with session_scope(database_url) as session:
-        query = (
-            select(DeadLetter, StagedRecord.status)
-            .join(StagedRecord, StagedRecord.id == DeadLetter.record_row_id)
-            .where(DeadLetter.active.is_(True))
-            .order_by(DeadLetter.last_failed_at.desc())
-            .limit(limit)
-        )
-        if integration:
-            query = query.where(DeadLetter.integration == integration)
-        return [_dead_dict(d) for d, _status in session.execute(query)]
+    selection = deadletters.Selection(integration=integration, everything=True)
+    return deadletters.list_letters(database_url, selection, limit=limit)
 
 
 def show_dead(database_url: str, row_id: int) -> dict[str, Any] | None:
-    with session_scope(database_url) as session:
-        dead = session.scalars(select(DeadLetter).where(DeadLetter.record_row_id == row_id)).first()
-        row = session.get(StagedRecord, row_id)
-        if dead is None or row is None:
-            return None
-        return {
-            **_dead_dict(dead),
-            "traceback": dead.traceback,
-            "payload": json.loads(row.payload),
-            "status": row.status,
-        }
-
-
-def _dead_dict(dead: DeadLetter) -> dict[str, Any]:
-    return {
-        "row_id": dead.record_row_id,
-        "integration": dead.integration,
-        "record_id": dead.record_id,
-        "version": dead.version,
-        "error_class": dead.error_class,
-        "message": dead.message,
-        "attempts": dead.attempts,
-        "worker": dead.worker,
-        "first_failed_at": _iso(dead.first_failed_at),
-        "last_failed_at": _iso(dead.last_failed_at),
-        "requeue_count": dead.requeue_count,
-    }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() + "Z" if moment else None
+    return deadletters.show(database_url, row_id)
 
 
 def release(database_url: str, row_id: int, *, due_in: float) -> None:

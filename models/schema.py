@@ -86,13 +86,27 @@ class StagedRecord(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     duration_ms: Mapped[float | None] = mapped_column(Float)
+    # the task id holding the row while it is processing: a second task for the same row (a
+    # duplicate publish, a reconciler republish, an ETA message redelivered) leaves it alone
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+
+
+class DeadReason(enum.StrEnum):
+    """Why a record died, in the words a redrive policy selects by."""
+
+    TRANSIENT = "transient"  # retries spent on an error that might pass
+    PERMANENT = "permanent"  # retrying cannot help (4xx, rejected value, bad record)
+    CRASH = "crash"  # its worker was lost too many times while processing it
 
 
 class DeadLetter(Base):
     """What an operator needs to understand a failed record and replay it: one row per record."""
 
     __tablename__ = "ihub_dead_letters"
-    __table_args__ = (Index("ix_ihub_dead_letters_integration", "integration", "last_failed_at"),)
+    __table_args__ = (
+        Index("ix_ihub_dead_letters_integration", "integration", "last_failed_at"),
+        Index("ix_ihub_dead_letters_active_failed", "active", "last_failed_at"),
+    )
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     record_row_id: Mapped[int] = mapped_column(
         RowId, ForeignKey("ihub_records.id", ondelete="CASCADE"), unique=True
@@ -110,6 +124,22 @@ class DeadLetter(Base):
     requeue_count: Mapped[int] = mapped_column(Integer, default=0)
     requeued_at: Mapped[datetime | None] = mapped_column(DateTime)
     active: Mapped[bool] = mapped_column(default=True)
+    reason: Mapped[str] = mapped_column(String(20), default=DeadReason.PERMANENT)
+    requeued_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class DeadLetterAction(Base):
+    """Every requeue, redrive and purge of dead letters: who, when, what was selected, how many."""
+
+    __tablename__ = "ihub_dead_letter_actions"
+    __table_args__ = (Index("ix_ihub_dead_letter_actions_at", "at"),)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    action: Mapped[str] = mapped_column(String(20))  # requeue | redrive | purge
+    actor: Mapped[str] = mapped_column(String(255))
+    integration: Mapped[str | None] = mapped_column(String(64))
+    selection: Mapped[str] = mapped_column(Text)  # the filter, as JSON
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class FetchRun(Base):

@@ -11,7 +11,6 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -26,6 +25,16 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.config_sources import (
+    _PAGINATION_TAGS,
+    CursorPagination,
+    DeletesConfig,
+    DeltaConfig,
+    KeysetPagination,
+    PaginationConfig,
+    TransformConfig,
+    http_url,
+)
 from pipeline.errors import ConfigError
 from pipeline.timefmt import TimeFormat
 
@@ -69,51 +78,58 @@ class NoAuth(Strict):
 AuthConfig = Annotated[OAuth2Config | NoAuth, Field(discriminator="type")]
 
 
-class DeltaConfig(Strict):
-    param: str = "updated_since"
-    format: TimeFormat = "iso"
-    timezone: str = "UTC"
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"expected an IANA time zone such as UTC, got {value!r}") from None
-        return value
-
-    lookback: float = Field(30.0, ge=0, description="seconds re-read before the watermark")
-
-
-class PaginationConfig(Strict):
-    type: Literal["cursor", "offset", "none"] = "cursor"
-    cursor_path: str = "next_cursor"
-    cursor_param: str = "cursor"
-    limit_param: str = "limit"
-    offset_param: str = "offset"
-    limit: int = Field(100, ge=1, le=10_000)
-
-
 class SourceConfig(Strict):
     url: str
     auth: AuthConfig | None = None
+    method: Literal["GET", "POST"] = "GET"
+    body: dict[str, Any] | None = Field(None, description="JSON body of a POST search")
     records: str = Field("", description="dotted path of the list in the response; '' = top level")
     id: str = "id"
     updated: str = "updated_at"
     updated_format: TimeFormat = "iso"
+    ordered: bool = Field(False, description="the listing is sorted by updated, then id")
     delta: DeltaConfig = Field(default_factory=DeltaConfig)
-    pagination: PaginationConfig = Field(default_factory=PaginationConfig)
+    pagination: PaginationConfig = Field(default_factory=CursorPagination)
     params: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(30.0, gt=0)
+    rate_limit: float | None = Field(None, gt=0, description="requests a second, all workers")
+    rate_burst: int = Field(1, ge=1)
+    deletes: DeletesConfig | None = None
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-        return value
+        return http_url(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bound_in_body(cls, data: Any) -> Any:
+        """A body with a {watermark} placeholder carries the bound: no default parameter."""
+        if isinstance(data, dict) and "{watermark}" in str(data.get("body") or ""):
+            delta = data.get("delta") or {}
+            if isinstance(delta, dict) and "param" not in delta:
+                data = {**data, "delta": {**delta, "param": None}}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SourceConfig:
+        if self.body is not None and self.method != "POST":
+            raise ValueError("'body' needs method: POST")
+        if self.pagination.type == "keyset" and not (
+            self.delta.param or "{watermark}" in str(self.body or "")
+        ):
+            raise ValueError("keyset pagination needs delta.param or {watermark} in body")
+        return self
+
+    @property
+    def keyset_by_id(self) -> bool:
+        """Whether a keyset request can say "after this id" (so every page makes progress)."""
+        pagination = self.pagination
+        if not isinstance(pagination, KeysetPagination):
+            return False
+        placeholders = str(self.delta.template or "") + str(self.body or "")
+        return bool(pagination.id_param or "{id}" in placeholders)
 
 
 class SqlSinkConfig(Strict):
@@ -174,13 +190,37 @@ class RetryConfig(Strict):
     jitter: bool = True
 
 
+class RedriveConfig(Strict):
+    """Requeue dead letters on a schedule, run by beat; off unless ``enabled``."""
+
+    enabled: bool = False
+    every: float = Field(1800.0, gt=0, description="seconds between two redrives")
+    reasons: list[Literal["transient", "crash", "permanent"]] = Field(
+        default_factory=lambda: ["transient"]
+    )
+    max_requeues: int = Field(3, ge=1, description="only letters requeued fewer times than this")
+    rate: float = Field(50.0, gt=0, description="records published a second")
+
+
 class IntegrationConfig(Strict):
     name: str = ""
     schedule: float | str = 60.0
     source: SourceConfig
     sink: SinkConfig
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    transform: TransformConfig | None = None
+    redrive: RedriveConfig = Field(default_factory=RedriveConfig)
+    classify: str | None = Field(
+        None, description="module:function judging 2xx responses of the source and a REST sink"
+    )
     enabled: bool = True
+
+    @field_validator("classify")
+    @classmethod
+    def _hook_path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"expected 'package.module:function', got {value!r}")
+        return value
 
     @field_validator("schedule")
     @classmethod
@@ -297,7 +337,8 @@ def _describe(exc: ValidationError, file: str) -> list[str]:
 
 
 def _is_union_tag(part: object) -> bool:
-    return isinstance(part, str) and (part in {"oauth2", "none", "sql", "rest"} or "[" in part)
+    tags = {"oauth2", "none", "sql", "rest", *_PAGINATION_TAGS}
+    return isinstance(part, str) and (part in tags or "[" in part)
 
 
 def masked(config: HubConfig) -> dict[str, Any]:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import requests
+
 from models import integrations
 from models.tokens import TokenStore
+from pipeline import classify
 from pipeline.auth.crypto import TokenCipher
 from pipeline.auth.manager import TokenManager
 from pipeline.auth.requests_auth import OAuth2Auth
@@ -21,6 +24,7 @@ from pipeline.config import (
 from pipeline.settings import Settings, settings_from_env
 from pipeline.sinks import RestSink, Sink, SqlSink
 from pipeline.sources import RestSource
+from pipeline.sources.ratelimit import limiter_for
 
 PAUSE_CHECK_EVERY = 2.0
 
@@ -52,7 +56,9 @@ class Hub:
             auth = None
             if isinstance(config.auth, OAuth2Config):
                 auth = OAuth2Auth(self.token_manager(name, "source", config.auth))
-            self._sources[name] = RestSource(name, config, auth)
+            limiter = limiter_for(self.settings, name, config.rate_limit, config.rate_burst)
+            self._sources[name] = RestSource(name, config, auth, limiter)
+            self._classify(name, self._sources[name].session, "source")
         return self._sources[name]
 
     def token_manager(self, name: str, side: str, config: OAuth2Config) -> TokenManager:
@@ -71,10 +77,16 @@ class Hub:
                 if isinstance(config.auth, OAuth2Config):
                     auth = OAuth2Auth(self.token_manager(name, "sink", config.auth))
                 self._sinks[name] = RestSink(name, config, auth)
+                self._classify(name, self._sinks[name].session, "sink")
             else:
                 url = config.url or self.database_url
                 self._sinks[name] = SqlSink(url, config.table, config.key)
         return self._sinks[name]
+
+    def _classify(self, name: str, session: requests.Session, side: str) -> None:
+        hook = self.integration(name).classify
+        if hook:
+            classify.install(session, hook, what=f"{side} {name}")
 
     def paused(self, name: str) -> bool:
         """Whether the integration waits for re-authorisation; read at most every 2 s."""

@@ -11,15 +11,19 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
-from models import integrations, leases, queue, runs
+from models import deadletters, integrations, leases, queue, runs
 from models.db import session_scope
 from models.schema import FetchRun, IntegrationStatus
-from pipeline.delta import Watermark, advance, lower_bound
-from pipeline.errors import ReauthRequired, TransientError
+from pipeline import transform
+from pipeline.delta import Watermark, advance, is_deletion, lower_bound, settle
+from pipeline.errors import PermanentError, ReauthRequired, TransientError
 from pipeline.hub import Hub
 from pipeline.retry import backoff_seconds
+from pipeline.sinks import SqlSink
+from pipeline.sources.rest import Page
+from pipeline.spool import Spool, SpooledDeath, is_database_outage
 from pipeline.timefmt import utcnow
 
 log = logging.getLogger(__name__)
@@ -37,14 +41,18 @@ class FetchResult:
     staged: int = 0
     unpublished: int = 0
     watermark: Watermark | None = None
+    trusted: bool = True  # False: the pass may have skipped rows, the watermark stayed
 
 
-def fetch_delta(hub: Hub, name: str, publish: Publish, *, owner: str) -> FetchResult:
+def fetch_delta(
+    hub: Hub, name: str, publish: Publish, *, owner: str, full_refresh: bool = False
+) -> FetchResult:
     """Stage every record changed since the watermark, page by page, and publish new rows.
 
     Each page is staged and the watermark checkpointed in one transaction, before any task for
     it is published: a crash at any point loses nothing, and a failed publish only delays rows
-    that the reconciler will republish.
+    that the reconciler will republish. ``full_refresh`` reads everything from the beginning and
+    stages every record again, so the sink rewrites each row once (by key: no duplicates).
     """
     url = hub.database_url
     state = integrations.load(url, name)
@@ -57,7 +65,7 @@ def fetch_delta(hub: Hub, name: str, publish: Publish, *, owner: str) -> FetchRe
         return FetchResult("busy")
     run_id = runs.start(url, name)
     try:
-        result = _fetch_pages(hub, name, publish, run_id)
+        result = _fetch_pages(hub, name, publish, run_id, full_refresh)
     except ReauthRequired as exc:
         integrations.pause_for_reauth(url, name, exc.reason)
         runs.finish(url, run_id, status="paused", error=str(exc))
@@ -74,35 +82,83 @@ def fetch_delta(hub: Hub, name: str, publish: Publish, *, owner: str) -> FetchRe
     return result
 
 
-def _fetch_pages(hub: Hub, name: str, publish: Publish, run_id: int) -> FetchResult:
-    url, config = hub.database_url, hub.integration(name)
-    watermark = integrations.watermark(url, name)
+@dataclass
+class _Tally:
+    pages: int = 0
+    fetched: int = 0
+    staged: int = 0
+    unpublished: int = 0
+
+    def result(
+        self, status: str, run_id: int, mark: Watermark | None, trusted: bool
+    ) -> FetchResult:
+        counts = (self.pages, self.fetched, self.staged, self.unpublished)
+        return FetchResult(status, run_id, *counts, watermark=mark, trusted=trusted)
+
+
+def _fetch_pages(
+    hub: Hub, name: str, publish: Publish, run_id: int, full_refresh: bool = False
+) -> FetchResult:
+    """Stage the pages, then the tombstone listing (if any), moving the watermark with them.
+
+    On a listing ordered by updated the watermark moves page by page to the last (updated, id)
+    staged, so a fetch killed midway resumes from there; on any other listing it moves once the
+    pass has ended, and only when the paginator trusts the pass (offset and page paging check
+    that the source did not shift under them). It never passes the instant the fetch started
+    (``delta.settle``), and tombstones never move it.
+    """
+    config = hub.integration(name)
+    ceiling = utcnow().replace(tzinfo=UTC)  # changes from now on are read again next time
+    watermark = integrations.watermark(hub.database_url, name)
     since = lower_bound(watermark, timedelta(seconds=config.source.delta.lookback))
-    pages = fetched = staged = unpublished = 0
-    for page in hub.source(name).pages(since):
-        with session_scope(url) as session:
-            new_ids = queue.stage(
-                session, name, run_id, page.records, due_in=hub.settings.reconcile_after
-            )
-            for reject in page.rejects:
-                queue.stage_dead(
-                    session, name, run_id, reject.record_id, reject.payload, reject.reason
-                )
-            moved = advance(watermark, page.records)
-            if not integrations.move_watermark(session, name, watermark, moved):
-                session.rollback()
-                return FetchResult(
-                    "lost_race", run_id, pages, fetched, staged, unpublished, watermark
-                )
-            run = session.get(FetchRun, run_id)
-            if run is not None:
-                run.pages += 1
-                run.fetched += len(page.records) + len(page.rejects)
-                run.staged += len(new_ids)
-        watermark = moved
-        pages, fetched, staged = pages + 1, fetched + len(page.records), staged + len(new_ids)
-        unpublished += _publish_safely(publish, new_ids, name)
-    return FetchResult("ok", run_id, pages, fetched, staged, unpublished, watermark)
+    since = None if full_refresh else since
+    source, tally, seen, trusted = hub.source(name), _Tally(), watermark, True
+    for page in source.pages(since):
+        seen = advance(seen, page.records)
+        movable = (source.ordered and page.checkpoint) or (page.last and page.trusted)
+        moved = settle(watermark, seen, ceiling) if movable else watermark
+        if not _stage_page(hub, name, run_id, page, watermark, moved, tally, publish, full_refresh):
+            return tally.result("lost_race", run_id, watermark, trusted)
+        watermark, trusted = moved, page.trusted
+    if not trusted:
+        log.warning("%s: the source changed while paging; the watermark stays for a re-read", name)
+    for page in source.deletion_pages(since):
+        if not _stage_page(hub, name, run_id, page, watermark, watermark, tally, publish, False):
+            return tally.result("lost_race", run_id, watermark, trusted)
+    return tally.result("ok", run_id, watermark, trusted)
+
+
+def _stage_page(
+    hub: Hub,
+    name: str,
+    run_id: int,
+    page: Page,
+    watermark: Watermark | None,
+    moved: Watermark | None,
+    tally: _Tally,
+    publish: Publish,
+    force: bool,
+) -> bool:
+    """One transaction: stage the page, move the watermark (compare-and-set); then publish.
+    False when another fetch moved the watermark first."""
+    with session_scope(hub.database_url) as session:
+        due_in = hub.settings.reconcile_after
+        options = {"force": True} if force else {}
+        new_ids = queue.stage(session, name, run_id, page.records, due_in=due_in, **options)
+        for reject in page.rejects:
+            queue.stage_dead(session, name, run_id, reject.record_id, reject.payload, reject.reason)
+        if not integrations.move_watermark(session, name, watermark, moved):
+            session.rollback()
+            return False
+        run = session.get(FetchRun, run_id)
+        if run is not None:
+            run.pages += 1
+            run.fetched += len(page.records) + len(page.rejects)
+            run.staged += len(new_ids)
+    tally.pages, tally.fetched = tally.pages + 1, tally.fetched + len(page.records)
+    tally.staged += len(new_ids)
+    tally.unpublished += _publish_safely(publish, new_ids, name)
+    return True
 
 
 def _publish_safely(publish: Publish, row_ids: list[int], name: str) -> int:
@@ -128,10 +184,34 @@ class Outcome:
     error: BaseException | None = None
 
 
-def process_record(hub: Hub, row_id: int, *, worker: str | None = None) -> Outcome:
-    """Write one staged record to its sink, and record what happened."""
+@dataclass(frozen=True)
+class Delivery:
+    """Who is processing: the task id, whether the broker redelivered it, where to spool."""
+
+    worker: str | None = None
+    token: str | None = None
+    redelivered: bool = True
+    spool: Spool | None = None
+
+
+def process_record(
+    hub: Hub, row_id: int, *, worker: str | None = None, delivery: Delivery | None = None
+) -> Outcome:
+    """Write one staged record to its sink, and record what happened.
+
+    A database outage raises (``pipeline.spool.is_database_outage``): the task retries, and
+    nothing half-written remains, as every state change is one transaction. Only a dead letter
+    is not retried that way: its verdict goes to the spool when ``delivery.spool`` is given.
+    """
     url = hub.database_url
-    claim = queue.claim(url, row_id, deadline=hub.settings.process_time_limit + 30)
+    delivery = delivery or Delivery(worker=worker)
+    claim = queue.claim(
+        url,
+        row_id,
+        deadline=hub.settings.process_time_limit + 30,
+        token=delivery.token,
+        redelivered=delivery.redelivered,
+    )
     if claim is None:
         return Outcome("skipped")
     if claim.crash_redeliveries > MAX_CRASH_REDELIVERIES:
@@ -139,18 +219,14 @@ def process_record(hub: Hub, row_id: int, *, worker: str | None = None) -> Outco
             f"the worker processing this record was lost {claim.crash_redeliveries} "
             "times (killed, out of memory, or cut off from the broker)"
         )
-        queue.mark_dead(
-            url, row_id, error_class="WorkerLost", message=message, traceback=None, worker=worker
-        )
+        _bury(url, row_id, delivery, "WorkerLost", message, None)
         return Outcome("dead")
     if hub.paused(claim.integration):
         queue.release(url, row_id, due_in=hub.settings.reconcile_after)
         return Outcome("paused")
     started = time.perf_counter()
     try:
-        hub.sink(claim.integration).upsert(
-            claim.payload, queue.sink_version(claim.version, claim.row_id)
-        )
+        _write(hub, claim)
     except ReauthRequired as exc:
         # The target refused our credential: the record waits, its retry budget untouched.
         integrations.pause_for_reauth(url, claim.integration, exc.reason)
@@ -159,18 +235,39 @@ def process_record(hub: Hub, row_id: int, *, worker: str | None = None) -> Outco
         log.warning("%s: paused, re-authorisation required: %s", claim.integration, exc.reason)
         return Outcome("paused", error=exc)
     except TransientError as exc:
-        return _retry_or_die(hub, claim, exc, worker)
+        return _retry_or_die(hub, claim, exc, delivery)
     except Exception as exc:
-        _dead(url, row_id, exc, worker)
+        if type(exc).__name__ == "SoftTimeLimitExceeded":  # Celery's, raised into the sink call
+            slow = TransientError(f"sink {claim.integration}: the soft time limit was reached")
+            return _retry_or_die(hub, claim, slow, delivery)
+        _dead(url, row_id, exc, delivery)
         return Outcome("dead", error=exc)
     queue.mark_done(url, row_id, (time.perf_counter() - started) * 1000)
     return Outcome("done")
 
 
-def _retry_or_die(hub: Hub, claim: queue.Claim, exc: TransientError, worker: str | None) -> Outcome:
+def _write(hub: Hub, claim: queue.Claim) -> None:
+    """Transform the staged record and upsert it, or apply the deletion it stands for."""
+    integration = hub.integration(claim.integration)
+    sink = hub.sink(claim.integration)
+    version = queue.sink_version(claim.version, claim.row_id)
+    action = integration.source.deletes.action if integration.source.deletes else None
+    if is_deletion(claim.payload):
+        if not isinstance(sink, SqlSink):
+            raise PermanentError(f"sink of {claim.integration}: deletions need a SQL sink")
+        sink.delete(claim.record_id, version, action=action or "mark")
+        return
+    record = transform.apply(integration, claim.record_id, claim.payload)
+    if isinstance(sink, SqlSink) and action:
+        sink.upsert(record, version, deletes=action)
+    else:
+        sink.upsert(record, version)
+
+
+def _retry_or_die(hub: Hub, claim: queue.Claim, exc: TransientError, delivery: Delivery) -> Outcome:
     policy = hub.integration(claim.integration).retry
     if claim.attempts > policy.max_retries:
-        _dead(hub.database_url, claim.row_id, exc, worker)
+        _dead(hub.database_url, claim.row_id, exc, delivery)
         return Outcome("dead", error=exc)
     countdown = backoff_seconds(
         claim.attempts,
@@ -184,15 +281,41 @@ def _retry_or_die(hub: Hub, claim: queue.Claim, exc: TransientError, worker: str
     return Outcome("retry", countdown, exc)
 
 
-def _dead(url: str, row_id: int, exc: BaseException, worker: str | None) -> None:
+def _dead(url: str, row_id: int, exc: BaseException, delivery: Delivery) -> None:
     trace = "".join(traceback.format_exception(exc))
-    queue.mark_dead(
+    _bury(url, row_id, delivery, type(exc).__name__, str(exc)[:4000], trace)
+
+
+def _bury(
+    url: str,
+    row_id: int,
+    delivery: Delivery,
+    error_class: str,
+    message: str,
+    trace: str | None,
+) -> None:
+    """Dead-letter the row; with the database out, spool the verdict instead (exactly one
+    letter either way: the replay and any later death upsert the same row)."""
+    death = SpooledDeath(row_id, delivery.token, error_class, message, trace, delivery.worker)
+    try:
+        bury_spooled(url, death)
+    except Exception as exc:
+        if delivery.spool is None or not is_database_outage(exc):
+            raise
+        where = delivery.spool.put(death)
+        log.warning("row %d: database unavailable, dead letter spooled to %s", row_id, where)
+
+
+def bury_spooled(url: str, death: SpooledDeath) -> bool:
+    """Write one dead letter; False when the row was finished or taken over meanwhile."""
+    return queue.mark_dead(
         url,
-        row_id,
-        error_class=type(exc).__name__,
-        message=str(exc)[:4000],
-        traceback=trace,
-        worker=worker,
+        death.row_id,
+        error_class=death.error_class,
+        message=death.message,
+        traceback=death.traceback,
+        worker=death.worker,
+        expect_token=death.token,
     )
 
 
@@ -205,10 +328,50 @@ def resume(hub: Hub, name: str, publish: Publish) -> int:
     return len(waiting)
 
 
-def reconcile(hub: Hub, publish: Publish) -> int:
-    """Republish open rows past their deadline; the count republished."""
-    paused = integrations.paused_names(hub.database_url)
-    ids = queue.republish_due(hub.database_url, grace=hub.settings.reconcile_after, skip=paused)
+def redrive(hub: Hub, name: str, publish: Publish) -> deadletters.Requeued:
+    """Requeue what the integration's redrive policy allows (beat runs it; off by default)."""
+    policy = hub.integration(name).redrive
+    if not policy.enabled:
+        return deadletters.Requeued()
+    selection = deadletters.Selection(
+        integration=name,
+        reasons=tuple(policy.reasons),
+        requeued_fewer_than=policy.max_requeues,
+    )
+    return deadletters.requeue(
+        hub.database_url,
+        selection,
+        actor=f"redrive policy of {name}",
+        action="redrive",
+        publish=publish,
+        rate=policy.rate,
+        due_in=hub.settings.reconcile_after,
+    )
+
+
+def reconcile(
+    hub: Hub, publish: Publish, spool: Spool | None = None, *, queue_depth: int | None = None
+) -> int:
+    """Write the spooled dead letters, then republish open rows past their deadline; the count
+    republished.
+
+    ``queue_depth``: messages waiting in the process queue. While some wait, a pending row past
+    its deadline is most likely among them rather than lost, so rows that a worker held
+    (processing, retrying) are republished, and pending ones once the queue has drained or
+    when they are overdue by ten deadlines (a backlog that never drains loses no row either).
+    """
+    if spool is not None:
+        spool.drain(lambda death: bury_spooled(hub.database_url, death))
+    url, grace = hub.database_url, hub.settings.reconcile_after
+    paused = integrations.paused_names(url)
+    if not queue_depth:
+        ids = queue.republish_due(url, grace=grace, skip=paused)
+    else:
+        held = (queue.S.PROCESSING, queue.S.RETRYING)
+        ids = queue.republish_due(url, grace=grace, skip=paused, statuses=held)
+        ids += queue.republish_due(
+            url, grace=grace, skip=paused, statuses=(queue.S.PENDING,), overdue=10 * grace
+        )
     for start in range(0, len(ids), 500):
         publish(ids[start : start + 500])
     return len(ids)

@@ -43,6 +43,28 @@ def format_time(moment: datetime, fmt: TimeFormat = "iso", *, tz: str = "UTC") -
     return moment.isoformat()
 
 
+_TICKS = {
+    "iso": timedelta(microseconds=1),
+    "datetime": timedelta(seconds=1),
+    "epoch": timedelta(seconds=1),
+    "epoch_ms": timedelta(milliseconds=1),
+}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def tick(fmt: TimeFormat) -> timedelta:
+    """The resolution ``format_time`` keeps: instants closer than this write the same text."""
+    return _TICKS[fmt]
+
+
+def floor_time(moment: datetime, fmt: TimeFormat) -> datetime:
+    """``moment`` cut to what ``format_time`` writes (zone offsets are whole minutes, so the cut
+    is the same in every zone)."""
+    step = _TICKS[fmt] // timedelta(microseconds=1)
+    since_epoch = (moment - EPOCH) // timedelta(microseconds=1)
+    return EPOCH + timedelta(microseconds=since_epoch - since_epoch % step)
+
+
 def version_string(moment: datetime) -> str:
     """The sortable text form used as a record's version and in the watermark."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -44,7 +44,9 @@ def create_app() -> Celery:
     except ConfigError as exc:
         log.warning("no integrations scheduled: %s", exc)
         config = None
-    app.conf.beat_schedule = schedule.build(config)
+    # a row counts as lost after reconcile_after: look at least twice within that time
+    every = min(schedule.RECONCILE_EVERY, settings.reconcile_after / 2)
+    app.conf.beat_schedule = schedule.build(config, reconcile_every=every)
     limits = {
         name: float(task.time_limit or 0)
         for name, task in app.tasks.items()

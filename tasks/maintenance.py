@@ -1,23 +1,62 @@
-"""reconcile: republish what the broker lost (the database remembers every open row)."""
+"""reconcile: republish what the broker lost (the database remembers every open row) after
+writing the dead letters spooled during a database outage; redrive: a dead-letter policy."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
+from celeryconfig import PROCESS_QUEUE
 from pipeline import sync
 from pipeline.settings import Settings
+from tasks.broker import redis_client
 from tasks.context import hub
-from tasks.records import publish_records
+from tasks.records import dead_letter_spool, publish_records
+
+# Both run on the fetch queue; a run republishes at most 5,000 rows, seconds of work.
+TIME_LIMIT = 120.0
 
 
 def register(app: Celery, settings: Settings) -> None:
+    limit = min(TIME_LIMIT, settings.fetch_time_limit)
+
+    def publish(ids: list[int]) -> None:
+        publish_records(app, ids)
+
     @app.task(
         name="ihub.reconcile",
         shared=False,
         acks_late=True,
         ignore_result=True,
-        time_limit=600,
-        soft_time_limit=540,
+        time_limit=limit,
+        soft_time_limit=limit * 0.9,
     )
     def reconcile() -> int:
-        return sync.reconcile(hub(), lambda ids: publish_records(app, ids))
+        spool = dead_letter_spool(app, settings)
+        return sync.reconcile(hub(), publish, spool, queue_depth=process_queue_depth(app))
+
+    @app.task(
+        name="ihub.redrive",
+        shared=False,
+        acks_late=True,
+        ignore_result=True,
+        time_limit=limit,
+        soft_time_limit=limit * 0.9,
+    )
+    def redrive(integration: str) -> int:
+        return len(sync.redrive(hub(), integration, publish).row_ids)
+
+
+def process_queue_depth(app: Celery) -> int | None:
+    """Messages waiting in the process queue; None when Redis does not say."""
+    prefix = app.conf.broker_transport_options.get("global_keyprefix", "")
+    client: Any = None
+    try:
+        client = redis_client(str(app.conf.broker_url))
+        return int(client.llen(f"{prefix}{PROCESS_QUEUE}"))
+    except Exception:
+        return None
+    finally:
+        if client is not None:
+            client.close()

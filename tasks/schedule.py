@@ -15,15 +15,27 @@ from pipeline.config import HubConfig
 RECONCILE_EVERY = 30.0
 
 
-def build(config: HubConfig | None) -> dict[str, dict[str, Any]]:
-    """The reconciler always; a fetch per enabled integration when there is a config."""
+def build(
+    config: HubConfig | None, reconcile_every: float = RECONCILE_EVERY
+) -> dict[str, dict[str, Any]]:
+    """The reconciler always; a fetch per enabled integration when there is a config, and a
+    redrive per integration whose dead-letter redrive policy is enabled."""
     entries: dict[str, dict[str, Any]] = {
         "ihub.reconcile": {
             "task": "ihub.reconcile",
-            "schedule": RECONCILE_EVERY,
-            "options": {"expires": RECONCILE_EVERY},
+            "schedule": reconcile_every,
+            "options": {"expires": reconcile_every},
         },
     }
+    for name, integration in (config.integrations if config else {}).items():
+        if integration.redrive.enabled:
+            every = integration.redrive.every
+            entries[f"ihub.redrive.{name}"] = {
+                "task": "ihub.redrive",
+                "schedule": every,
+                "args": (name,),
+                "options": {"expires": every},
+            }
     for name, integration in (config.integrations if config else {}).items():
         if not integration.enabled:
             continue

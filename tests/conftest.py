@@ -22,7 +22,10 @@ def admin_engine(url: str):
     from models.db import normalize_url
 
     return sqlalchemy.create_engine(
-        normalize_url(url), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+        normalize_url(url),
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": 5},
+        pool_pre_ping=True,  # survives a server restart between setup and teardown
     )
 
 

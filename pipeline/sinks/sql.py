@@ -4,6 +4,11 @@
 on Postgres and SQLite alike: a replay changes nothing, an older version never overwrites a
 newer one. The table is created from the first record's top-level fields (nested values as
 JSON), and a field seen later adds a column.
+
+Deletions are versioned writes too: ``mark`` sets ``_ihub_deleted`` on the row (the guard as
+above); ``delete`` removes it and keeps the version in ``_ihub_tombstones``, which the upserts of
+that integration consult under a per-key lock, so an older version processed late cannot bring
+the row back.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +39,8 @@ from pipeline.errors import PermanentError, TransientError
 
 VERSION_COLUMN = "_ihub_version"
 SYNCED_COLUMN = "_ihub_synced_at"
+DELETED_COLUMN = "_ihub_deleted"  # with deletes: {action: mark}
+TOMBSTONE_TABLE = "_ihub_tombstones"  # with deletes: {action: delete}
 
 
 class SqlSink:
@@ -41,24 +49,70 @@ class SqlSink:
         self.table_name = table
         self.key = key
         self._table: Table | None = None
+        self._tombstones: Table | None = None
         self._lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
         return get_engine(self.database_url)
 
-    def upsert(self, record: dict[str, Any], version: str) -> bool:
-        """Write ``record`` unless a same or newer version is there; True when a row changed."""
+    def upsert(self, record: dict[str, Any], version: str, *, deletes: str | None = None) -> bool:
+        """Write ``record`` unless a same or newer version is there; True when a row changed.
+
+        ``deletes`` is the integration's deletion action: with ``mark`` the row is marked live
+        (``_ihub_deleted`` false, which revives a row deleted before); with ``delete`` a
+        tombstone of the same or a newer version keeps an older write from bringing it back.
+        """
         if self.key not in record:
             raise PermanentError(f"sink {self.table_name}: record has no key field {self.key!r}")
         row = {_column(k): _value(v) for k, v in record.items()}
         row[self.key] = str(record[self.key])
         row[VERSION_COLUMN] = version
-        try:
+        if deletes == "mark":
+            row[DELETED_COLUMN] = False
+        with self._errors():
+            if deletes == "delete":
+                self._ensure_tombstones()
             table = self._ensure(row)
             with self.engine.begin() as connection:
+                if deletes == "delete" and self._buried(connection, row[self.key], version):
+                    return False
                 result = connection.execute(self._statement(table, row))
                 return bool(result.rowcount)
+
+    def delete(self, key: str, version: str, *, action: str = "mark") -> bool:
+        """Apply a deletion of ``version``: mark the row (``_ihub_deleted`` true, the other
+        columns kept) or delete it, in either case only over an older version."""
+        if action == "mark":
+            return self.upsert({self.key: key, DELETED_COLUMN: True}, version)
+        with self._errors():
+            tombstones = self._ensure_tombstones()
+            with self.engine.begin() as connection:
+                self._lock_key(connection, key)
+                values = {"tbl": self.table_name, "key": key, "version": version}
+                insert = self._dialect().insert(tombstones).values(values)
+                connection.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=["tbl", "key"],
+                        set_={"version": insert.excluded.version},
+                        where=tombstones.c.version < insert.excluded.version,
+                    )
+                )
+                if not inspect(connection).has_table(self.table_name):
+                    return False
+                result = connection.execute(
+                    text(
+                        f'DELETE FROM "{self.table_name}" WHERE "{self.key}" = :key '
+                        f'AND "{VERSION_COLUMN}" < :version'
+                    ),
+                    {"key": key, "version": version},
+                )
+                return bool(result.rowcount)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
         except OperationalError as exc:
             raise TransientError(
                 f"sink {self.table_name}: database unavailable: {exc.orig}"
@@ -68,9 +122,43 @@ class SqlSink:
                 raise TransientError(f"sink {self.table_name}: connection lost") from None
             raise PermanentError(f"sink {self.table_name}: rejected: {exc.orig}") from None
 
+    def _dialect(self) -> Any:
+        return postgresql if self.engine.dialect.name == "postgresql" else sqlite
+
+    def _ensure_tombstones(self) -> Table:
+        """``_ihub_tombstones`` in the target: the version at which each key was deleted."""
+        if self._tombstones is None:
+            table = Table(
+                TOMBSTONE_TABLE,
+                MetaData(),
+                Column("tbl", Text, primary_key=True),
+                Column("key", Text, primary_key=True),
+                Column("version", Text, nullable=False),
+            )
+            with contextlib.suppress(DBAPIError):  # another worker created it just now
+                table.create(self.engine, checkfirst=True)
+            self._tombstones = table
+        return self._tombstones
+
+    def _lock_key(self, connection: Any, key: str) -> None:
+        """Serialise writes of one key (SQLite's BEGIN IMMEDIATE already serialises all)."""
+        if self.engine.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                {"name": f"{self.table_name}:{key}"},
+            )
+
+    def _buried(self, connection: Any, key: str, version: str) -> bool:
+        """Whether ``key`` was deleted at ``version`` or later (the caller's lock held)."""
+        self._lock_key(connection, key)
+        found = connection.execute(
+            text(f'SELECT "version" FROM "{TOMBSTONE_TABLE}" WHERE "tbl" = :tbl AND "key" = :key'),
+            {"tbl": self.table_name, "key": key},
+        ).scalar()
+        return found is not None and found >= version
+
     def _statement(self, table: Table, row: dict[str, Any]) -> Any:
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(table).values(row)
+        insert = self._dialect().insert(table).values(row)
         changes = {name: insert.excluded[name] for name in row if name != self.key}
         changes[SYNCED_COLUMN] = text("CURRENT_TIMESTAMP")
         return insert.on_conflict_do_update(

@@ -1,55 +1,104 @@
 """Paginators are small state machines that do no I/O (after dlt's BasePaginator).
 
-The fetch loop asks ``params()`` for the next request's query, sends it, and hands the parsed
-body to ``advance()``; ``done`` says when to stop. A cursor that comes back twice is a loop
-in the source, and an error rather than an endless fetch.
+The fetch loop (``RestSource.pages``) asks a paginator what the next request carries:
+``params()``, a ``next_url()`` to follow, and the lower ``bound()`` of the delta (which only
+keyset paging moves); it sends the request and hands the reply to ``advance()``. ``done`` says
+when to stop. Two more flags say what the fetch loop may conclude:
+
+* ``checkpoint``: every record up to the last one seen has been read, so on a listing ordered by
+  updated the watermark may move to it now;
+* ``trusted``: nothing suggests that this pass skipped a record. A pass that ends untrusted
+  leaves the watermark where it was, and the next fetch reads the window again.
+
+A cursor or next URL that comes back twice, or a keyset page that makes no progress, is an error
+rather than an endless fetch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urljoin
 
-from pipeline.config import PaginationConfig
+from requests.utils import parse_header_links
+
+from pipeline.config import SourceConfig
+from pipeline.config_sources import (
+    CursorPagination,
+    KeysetPagination,
+    LinkPagination,
+    NextUrlPagination,
+    OffsetPagination,
+    PagePagination,
+)
+from pipeline.delta import Watermark
 from pipeline.errors import PermanentError
+from pipeline.timefmt import TimeFormat, floor_time
 
 
-class Paginator(Protocol):
-    done: bool
+@dataclass(frozen=True)
+class Reply:
+    """One response as a paginator sees it: parsed body, headers, the records and their keys."""
 
-    def params(self) -> dict[str, str]: ...
+    body: Any
+    headers: Mapping[str, str]
+    items: list[Any]
+    keys: list[Watermark | None]  # (updated, id) per item; None where it could not be read
+    url: str = ""
 
-    def advance(self, body: Any, records: list[Any]) -> None: ...
 
+class Paginator:
+    """One request, no paging (``type: none``); the base of the others."""
 
-class SinglePage:
-    def __init__(self) -> None:
+    def __init__(self, since: datetime | None = None) -> None:
+        self.since = since
         self.done = False
+        self.checkpoint = True
+        self.trusted = True
 
-    def params(self) -> dict[str, str]:
+    def params(self) -> dict[str, Any]:
         return {}
 
-    def advance(self, body: Any, records: list[Any]) -> None:
+    def next_url(self) -> str | None:
+        return None
+
+    def bound(self) -> tuple[datetime | None, str]:
+        """The delta's lower bound for the next request: (updated, id); id '' = any."""
+        return self.since, ""
+
+    def advance(self, reply: Reply) -> None:
         self.done = True
 
 
-class CursorPaginator:
-    """Cursor token from the response body, sent back as a query parameter."""
+def _limit(param: str | None, limit: int) -> dict[str, Any]:
+    return {param: limit} if param else {}
 
-    def __init__(self, config: PaginationConfig) -> None:
+
+def _short(reply: Reply, limit: int, stop: bool) -> bool:
+    return stop and len(reply.items) < limit
+
+
+class CursorPaginator(Paginator):
+    """A cursor token from the response body, sent back as a parameter."""
+
+    def __init__(self, config: CursorPagination, since: datetime | None = None) -> None:
+        super().__init__(since)
         self.config = config
         self.cursor: str | None = None
         self.seen: set[str] = set()
-        self.done = False
 
-    def params(self) -> dict[str, str]:
-        params = {self.config.limit_param: str(self.config.limit)}
+    def params(self) -> dict[str, Any]:
+        params = _limit(self.config.limit_param, self.config.limit)
         if self.cursor:
             params[self.config.cursor_param] = self.cursor
         return params
 
-    def advance(self, body: Any, records: list[Any]) -> None:
-        cursor = dig(body, self.config.cursor_path)
-        if not cursor or not records:
+    def advance(self, reply: Reply) -> None:
+        cursor = dig(reply.body, self.config.cursor_path)
+        short = _short(reply, self.config.limit, self.config.stop_on_short_page)
+        if not cursor or not reply.items or short:
             self.done = True
             return
         cursor = str(cursor)
@@ -59,31 +108,231 @@ class CursorPaginator:
         self.cursor = cursor
 
 
-class OffsetPaginator:
-    """offset/limit; stops on a short page. Unsafe while the source changes (see README)."""
+class NextUrlPaginator(Paginator):
+    """Follow the next page's URL: from the body (``next_url``) or the ``Link`` header."""
 
-    def __init__(self, config: PaginationConfig) -> None:
+    def __init__(
+        self, config: NextUrlPagination | LinkPagination, since: datetime | None = None
+    ) -> None:
+        super().__init__(since)
         self.config = config
+        self.url: str | None = None
+        self.seen: set[str] = set()
+
+    def params(self) -> dict[str, Any]:
+        return {} if self.url else _limit(self.config.limit_param, self.config.limit)
+
+    def next_url(self) -> str | None:
+        return self.url
+
+    def advance(self, reply: Reply) -> None:
+        found = self._find(reply)
+        short = _short(reply, self.config.limit, self.config.stop_on_short_page)
+        if not found or not reply.items or short:
+            self.done = True
+            return
+        url = urljoin(reply.url, str(found))
+        if url in self.seen:
+            raise PermanentError(f"pagination loop: next URL {url[:80]!r} came back twice")
+        self.seen.add(url)
+        self.url = url
+
+    def _find(self, reply: Reply) -> Any:
+        if isinstance(self.config, NextUrlPagination):
+            return dig(reply.body, self.config.next_url_path)
+        return next_link(reply.headers.get("Link") or reply.headers.get("link"))
+
+
+def next_link(header: str | None) -> str | None:
+    """The rel="next" target of an RFC 8288 ``Link`` header."""
+    if not header:
+        return None
+    for link in parse_header_links(header):
+        if "next" in str(link.get("rel", "")).split():
+            return link.get("url") or None
+    return None
+
+
+class OffsetPaginator(Paginator):
+    """offset/limit, each request overlapping the previous page by ``overlap`` rows.
+
+    A row before the offset that is changed or deleted while paging shifts every later row one
+    place back, and a plain ``offset += limit`` then skips one. Here the next page must start
+    with a row of the previous page's overlap, unchanged; if it does not, rows may have been
+    skipped: the pass is no longer trusted and the watermark stops moving.
+    """
+
+    def __init__(self, config: OffsetPagination, since: datetime | None = None) -> None:
+        super().__init__(since)
+        self.config = config
+        default = max(1, config.limit // 10) if config.limit > 1 else 0
+        self.overlap = default if config.overlap is None else config.overlap
         self.offset = 0
-        self.done = False
+        self.tail: list[Watermark] = []
 
-    def params(self) -> dict[str, str]:
-        return {
-            self.config.limit_param: str(self.config.limit),
-            self.config.offset_param: str(self.offset),
-        }
+    def params(self) -> dict[str, Any]:
+        params = _limit(self.config.limit_param, self.config.limit)
+        params[self.config.offset_param] = self.offset
+        return params
 
-    def advance(self, body: Any, records: list[Any]) -> None:
-        self.offset += len(records)
-        self.done = len(records) < self.config.limit
+    def advance(self, reply: Reply) -> None:
+        keys = [k for k in reply.keys if k is not None]
+        if self.tail and (not keys or keys[0] not in self.tail):
+            self.trusted = self.checkpoint = False
+        total = _total(reply, self.config.total_path, self.config.total_header)
+        count = len(reply.items)
+        end = count == 0 or (total is not None and self.offset + count >= total)
+        if end or _short(reply, self.config.limit, self.config.stop_on_short_page):
+            self.done = True
+            return
+        step = max(1, count - self.overlap)
+        self.tail = keys[step:] if self.overlap else []
+        self.offset += step
 
 
-def make_paginator(config: PaginationConfig) -> Paginator:
-    if config.type == "cursor":
-        return CursorPaginator(config)
-    if config.type == "offset":
-        return OffsetPaginator(config)
-    return SinglePage()
+class PagePaginator(Paginator):
+    """Page numbers. Overlap is impossible, so a pass is trusted only when it saw no change:
+    no record came back with a newer version (it moved) and the total count stayed the same.
+    The watermark moves only after a trusted pass."""
+
+    def __init__(self, config: PagePagination, since: datetime | None = None) -> None:
+        super().__init__(since)
+        self.config = config
+        self.page = config.first_page
+        self.seen: dict[str, datetime] = {}
+        self.total: int | None = None
+        self.checkpoint = False
+
+    def params(self) -> dict[str, Any]:
+        params = _limit(self.config.limit_param, self.config.limit)
+        params[self.config.page_param] = self.page
+        return params
+
+    def advance(self, reply: Reply) -> None:
+        for key in reply.keys:
+            if key is not None and self.seen.setdefault(key.id, key.updated) != key.updated:
+                self.trusted = False
+        total = _total(reply, self.config.total_path, self.config.total_header)
+        if total is not None and self.total is not None and total != self.total:
+            self.trusted = False
+        self.total = total if total is not None else self.total
+        read = (self.page - self.config.first_page + 1) * self.config.limit
+        end = not reply.items or (total is not None and read >= total)
+        if end or _short(reply, self.config.limit, self.config.stop_on_short_page):
+            self.done = True
+            return
+        self.page += 1
+
+
+class KeysetPaginator(Paginator):
+    """Re-query from the last (updated, id) seen, on a listing ordered by updated, then id.
+
+    With ``id_param`` (or ``{id}`` in the template or body) the API returns only what comes
+    after (updated, id), and each page must move that key. Otherwise the bound is closed
+    (``updated >= last``), and the rows sharing the last timestamp (at the resolution of the
+    delta format) come back. Past a page full of one timestamp the paginator skips the rows seen
+    with ``offset_param`` (overlapping one, to detect a shift), or asks for a larger page up to
+    ``max_limit``, or fails: it never loops and never skips silently.
+    """
+
+    def __init__(
+        self, config: KeysetPagination, since: datetime | None, *, by_id: bool, fmt: TimeFormat
+    ) -> None:
+        super().__init__(since)
+        self.config, self.by_id, self.fmt = config, by_id, fmt
+        self.updated, self.id = since, ""
+        self.limit = config.limit
+        self.tie = 0  # rows of the bound's timestamp already read (offset_param)
+        self.expect: Watermark | None = None  # the row the next page must start with
+
+    def bound(self) -> tuple[datetime | None, str]:
+        return self.updated, self.id if self.by_id else ""
+
+    def params(self) -> dict[str, Any]:
+        config = self.config
+        params = _limit(config.limit_param, self.limit)
+        if config.id_param and self.id:
+            params[config.id_param] = self.id
+        if config.offset_param and self.tie:
+            params[config.offset_param] = self.tie - 1
+        return params
+
+    def advance(self, reply: Reply) -> None:
+        keys = [k for k in reply.keys if k is not None]
+        if self.expect is not None and (not keys or keys[0] != self.expect):
+            self.trusted = self.checkpoint = False
+        short = len(reply.items) < self.limit
+        if not keys:
+            self.done = True
+            return
+        last = max(keys)
+        if self.by_id:
+            self._after(last)
+        elif not self._closed(keys, last, short):
+            return
+        self.done = short and self.config.stop_on_short_page
+
+    def _after(self, last: Watermark) -> None:
+        stuck = self.updated is not None and (
+            last.updated < self.updated or (last.updated, last.id) == (self.updated, self.id)
+        )
+        if stuck:
+            raise PermanentError(
+                f"keyset paging made no progress past ({last.updated.isoformat()}, "
+                f"{last.id!r}): does the API honour {self.config.id_param or '{id}'}?"
+            )
+        self.updated, self.id = last.updated, last.id
+
+    def _closed(self, keys: list[Watermark], last: Watermark, short: bool) -> bool:
+        """Move a closed bound; False when the page needs another request at the same bound."""
+        top = floor_time(last.updated, self.fmt)
+        if self.updated is None or top > floor_time(self.updated, self.fmt):
+            self.updated, self.limit = last.updated, self.config.limit
+            self.tie = sum(1 for k in keys if floor_time(k.updated, self.fmt) == top)
+            self.expect = last if self.config.offset_param else None
+            return True
+        if True:  # sabotage
+            self.done = True
+            return False
+        if self.config.offset_param:
+            self.tie += len(keys) - (1 if self.tie else 0)
+            self.expect = last
+            return False
+        if self.limit < (self.config.max_limit or self.config.limit):
+            self.limit = min(self.limit * 2, self.config.max_limit or self.limit)
+            return False
+        raise PermanentError(
+            f"keyset paging: more than {self.limit} records share the timestamp "
+            f"{top.isoformat()}: set pagination.id_param or offset_param, or a max_limit "
+            "(at most the API's largest page)"
+        )
+
+
+def make_paginator(config: SourceConfig, since: datetime | None) -> Paginator:
+    pagination = config.pagination
+    if isinstance(pagination, CursorPagination):
+        return CursorPaginator(pagination, since)
+    if isinstance(pagination, NextUrlPagination | LinkPagination):
+        return NextUrlPaginator(pagination, since)
+    if isinstance(pagination, OffsetPagination):
+        return OffsetPaginator(pagination, since)
+    if isinstance(pagination, PagePagination):
+        return PagePaginator(pagination, since)
+    if isinstance(pagination, KeysetPagination):
+        return KeysetPaginator(
+            pagination, since, by_id=config.keyset_by_id, fmt=config.delta.format
+        )
+    return Paginator(since)
+
+
+def _total(reply: Reply, path: str | None, header: str | None) -> int | None:
+    raw = dig(reply.body, path) if path else None
+    if raw is None and header:
+        raw = reply.headers.get(header)
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def dig(body: Any, path: str) -> Any:

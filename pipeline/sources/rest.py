@@ -1,8 +1,15 @@
-"""A declarative REST source: pages of records changed since a lower bound."""
+"""A declarative REST source: pages of records changed since a lower bound.
+
+``pages()`` is the fetch loop and the only code here that sends requests: it asks the paginator
+what the next request carries (``pipeline.sources.placement`` puts it together), waits for the
+integration's rate limit, sends it, parses the records, and lets the paginator advance. Each
+page says whether the watermark may move after it (``checkpoint``, ``trusted``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,10 +18,13 @@ from typing import Any
 import requests
 
 from pipeline.config import SourceConfig
-from pipeline.delta import SourceRecord
+from pipeline.config_sources import TombstoneConfig
+from pipeline.delta import DELETED_KEY, SourceRecord, Watermark
 from pipeline.errors import PermanentError, classify_exception, classify_response
-from pipeline.sources.paginators import dig, make_paginator
-from pipeline.timefmt import format_time, parse_time
+from pipeline.sources.paginators import Reply, dig, make_paginator
+from pipeline.sources.placement import Request, build_request
+from pipeline.sources.ratelimit import RateLimiter
+from pipeline.timefmt import parse_time
 
 
 @dataclass
@@ -23,9 +33,12 @@ class Reject:
 
     payload: Any
     reason: str
+    key: str | None = None
 
     @property
     def record_id(self) -> str:
+        if self.key:
+            return self.key
         if isinstance(self.payload, dict) and self.payload.get("id") not in (None, ""):
             return str(self.payload["id"])
         digest = hashlib.sha256(repr(self.payload).encode()).hexdigest()[:16]
@@ -36,44 +49,97 @@ class Reject:
 class Page:
     records: list[SourceRecord] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    checkpoint: bool = True  # every record up to the last one here has been read
+    trusted: bool = True  # nothing suggests the pass skipped a record (so far)
+    last: bool = True  # the pass ends with this page
 
 
 class RestSource:
     def __init__(
-        self, name: str, config: SourceConfig, auth: requests.auth.AuthBase | None = None
+        self,
+        name: str,
+        config: SourceConfig,
+        auth: requests.auth.AuthBase | None = None,
+        limiter: RateLimiter | None = None,
+        session: requests.Session | None = None,
+        tombstones: bool = False,
     ) -> None:
         self.name = name
         self.config = config
-        self.session = requests.Session()
-        self.session.auth = auth
-        self.session.headers.update(config.headers)
+        self.limiter = limiter
+        self.tombstones = tombstones  # every record listed is a deletion
+        if session is None:
+            session = requests.Session()
+            session.auth = auth
+            session.headers.update(config.headers)
+        self.session = session
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the listing comes sorted by updated (keyset paging always asks for that)."""
+        return self.config.ordered or self.config.pagination.type == "keyset"
 
     def pages(self, since: datetime | None) -> Iterator[Page]:
         """Each page's records, in the order the source returned them."""
-        paginator = make_paginator(self.config.pagination)
-        base = dict(self.config.params)
-        if since is not None:
-            delta = self.config.delta
-            base[delta.param] = format_time(since, delta.format, tz=delta.timezone)
+        paginator = make_paginator(self.config, since)
         while not paginator.done:
-            body = self._get({**base, **paginator.params()})
+            request = build_request(
+                self.config, paginator.bound(), paginator.params(), paginator.next_url()
+            )
+            body, headers, url = self._send(request)
             items = dig(body, self.config.records)
             if not isinstance(items, list):
                 raise PermanentError(
                     f"source {self.name}: expected a list at {self.config.records or 'top level'!r}"
                     f" in the response, got {type(items).__name__}"
                 )
-            paginator.advance(body, items)
-            yield self._page(items)
+            page, keys = self._page(items)
+            paginator.advance(Reply(body, headers, items, keys, url))
+            page.checkpoint, page.trusted = paginator.checkpoint, paginator.trusted
+            page.last = paginator.done
+            yield page
 
-    def _page(self, items: list[Any]) -> Page:
-        page = Page()
+    def deletion_pages(self, since: datetime | None) -> Iterator[Page]:
+        """The tombstone listing (``deletes.endpoint``) since the same bound; none without one."""
+        deletes = self.config.deletes
+        if deletes is None or deletes.endpoint is None:
+            return iter(())
+        tombstones = RestSource(
+            f"{self.name} deletions",
+            tombstone_config(self.config, deletes.endpoint),
+            limiter=self.limiter,
+            session=self.session,
+            tombstones=True,
+        )
+        return tombstones.pages(since)
+
+    def _page(self, items: list[Any]) -> tuple[Page, list[Watermark | None]]:
+        page, keys = Page(), []
         for item in items:
             try:
-                page.records.append(self.parse(item))
+                record = self.parse(item)
             except PermanentError as exc:
-                page.rejects.append(Reject(item, str(exc)))
-        return page
+                key = dig(item, self.config.id) if isinstance(item, dict) else None
+                page.rejects.append(Reject(item, str(exc), str(key) if key else None))
+                keys.append(None)
+                continue
+            page.records.append(record)
+            keys.append(record.key)
+        self._check_order(page.records)
+        return page, keys
+
+    def _check_order(self, records: list[SourceRecord]) -> None:
+        if not self.ordered:
+            return
+        for before, after in itertools.pairwise(records):
+            if after.updated < before.updated:
+                raise PermanentError(
+                    f"source {self.name}: the listing is declared ordered by "
+                    f"{self.config.updated!r} but record {after.id} "
+                    f"({after.updated.isoformat()}) comes after {before.id} "
+                    f"({before.updated.isoformat()}): add the API's sort parameter "
+                    "or set ordered: false"
+                )
 
     def parse(self, item: Any) -> SourceRecord:
         if not isinstance(item, dict):
@@ -81,24 +147,65 @@ class RestSource:
         record_id = dig(item, self.config.id)
         if record_id is None or record_id == "":
             raise PermanentError(f"source {self.name}: a record has no {self.config.id!r} field")
+        delta = self.config.delta
         try:
-            updated = parse_time(dig(item, self.config.updated), self.config.updated_format)
+            raw = dig(item, self.config.updated)
+            updated = parse_time(raw, self.config.updated_format, tz=delta.timezone)
         except (ValueError, TypeError, OverflowError) as exc:
             raise PermanentError(
                 f"source {self.name}: record {record_id}: field {self.config.updated!r}: {exc}"
             ) from None
+        if self._deleted(item):
+            item = {**item, DELETED_KEY: True}
         return SourceRecord(str(record_id), updated, item)
 
-    def _get(self, params: dict[str, str]) -> Any:
+    def _deleted(self, item: dict[str, Any]) -> bool:
+        if self.tombstones:
+            return True
+        deletes = self.config.deletes
+        if deletes is None or deletes.field is None:
+            return False
+        value = dig(item, deletes.field)
+        return bool(value) if deletes.values is None else value in deletes.values
+
+    def _send(self, request: Request) -> tuple[Any, Any, str]:
         what = f"source {self.name}"
+        if self.limiter is not None:
+            self.limiter.acquire()
         try:
-            response = self.session.get(self.config.url, params=params, timeout=self.config.timeout)
+            response = self.session.request(
+                request.method,
+                request.url,
+                params=request.params or None,
+                json=request.json,
+                timeout=self.config.timeout,
+            )
         except requests.RequestException as exc:
             raise classify_exception(exc, what=what) from None
         error = classify_response(response, what=what)
         if error is not None:
             raise error
         try:
-            return response.json()
+            return response.json(), response.headers, response.url
         except ValueError:
             raise PermanentError(f"{what}: the response is not JSON") from None
+
+
+def tombstone_config(source: SourceConfig, endpoint: TombstoneConfig) -> SourceConfig:
+    """The tombstone listing as a source of its own."""
+    return source.model_copy(
+        update={
+            "url": endpoint.url,
+            "method": "GET",
+            "body": None,
+            "records": endpoint.records,
+            "id": endpoint.id,
+            "updated": endpoint.updated,
+            "updated_format": endpoint.updated_format,
+            "ordered": False,
+            "delta": endpoint.delta,
+            "pagination": endpoint.pagination,
+            "params": endpoint.params,
+            "deletes": None,
+        }
+    )

@@ -221,7 +221,8 @@ def process_record(
         )
         _bury(url, row_id, delivery, "WorkerLost", message, None)
         return Outcome("dead")
-    if hub.paused(claim.integration):
+    # The cached flag may be stale right after a resume: confirm before handing the row back.
+    if hub.paused(claim.integration) and integrations.is_paused(url, claim.integration):
         queue.release(url, row_id, due_in=hub.settings.reconcile_after)
         return Outcome("paused")
     started = time.perf_counter()

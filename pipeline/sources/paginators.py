@@ -291,7 +291,7 @@ class KeysetPaginator(Paginator):
             self.tie = sum(1 for k in keys if floor_time(k.updated, self.fmt) == top)
             self.expect = last if self.config.offset_param else None
             return True
-        if True:  # sabotage
+        if short:  # the rest of this timestamp fitted: nothing after it
             self.done = True
             return False
         if self.config.offset_param:

@@ -217,6 +217,12 @@ class FieldMap(_Strict):
     format: TimeFormat = Field("iso", description="how a `datetime` value is written")
     default: Any = Field(None, description="when the path is missing or null")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        """``title: short_description`` is ``title: {path: short_description}``."""
+        return {"path": data} if isinstance(data, str) else data
+
     @model_validator(mode="after")
     def _path_or_const(self) -> FieldMap:
         if (self.path is None) == ("const" not in self.model_fields_set):
@@ -227,7 +233,7 @@ class FieldMap(_Strict):
 class TransformConfig(_Strict):
     """Applied to each record before the sink: the field mapping, then the callable."""
 
-    fields: dict[str, str | FieldMap] = Field(default_factory=dict)
+    fields: dict[str, FieldMap] = Field(default_factory=dict)
     unmapped: Literal["drop", "keep"] = Field("drop", description="fields not named in `fields`")
     callable: str | None = Field(None, description="package.module:function, record -> record")
 

@@ -35,10 +35,7 @@ class Transform:
     def __init__(self, config: TransformConfig, name: str = "") -> None:
         self.config = config
         self.name = name
-        self.fields = {
-            target: spec if isinstance(spec, FieldMap) else FieldMap(path=spec)
-            for target, spec in config.fields.items()
-        }
+        self.fields = config.fields
         renamed = {s.path for t, s in self.fields.items() if s.path and s.path != t}
         self.consumed = {p for p in renamed if "." not in p}
         self.hook = load_callable(config.callable) if config.callable else None

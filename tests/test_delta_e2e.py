@@ -1,0 +1,151 @@
+"""Delta end to end on Redis + Postgres with real worker processes and the real demo source:
+a source that changes (and deletes) continuously while syncs run, and a fetch task killed with
+SIGKILL in the middle of its paging."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from ihub.demosource import DemoSource, DemoSourceOptions
+from models import integrations, runs
+from models.db import get_engine, session_scope
+from models.schema import FetchRun, StagedRecord
+from pipeline.timefmt import format_time
+from tests.chaostools import build_stack, cluster, fetch, settled, wait_until
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+KEYSET = {"type": "keyset", "id_param": "after_id", "limit": 25}
+TOMBSTONES = {"endpoint": {"url": "{url}/api/deleted", "records": "data"}, "action": "delete"}
+
+
+@pytest.fixture
+def source() -> Iterator[DemoSource]:
+    demo = DemoSource(DemoSourceOptions(token_lifetime=300, page_size_max=1000)).start()
+    yield demo
+    demo.stop()
+
+
+def live_target(url: str) -> dict[str, int]:
+    with get_engine(url).connect() as connection:
+        return {
+            r[0]: int(r[1]) for r in connection.execute(text("SELECT id, version FROM incidents"))
+        }
+
+
+def staged_pairs(url: str) -> list[tuple[str, str, str]]:
+    with session_scope(url) as session:
+        query = select(StagedRecord.record_id, StagedRecord.version, StagedRecord.digest)
+        return [tuple(row) for row in session.execute(query)]
+
+
+def test_source_changing_during_syncs_ends_equal_after_one_more_delta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_url: str, source
+) -> None:
+    """Changes during deltas, then one more delta: the target equals the source."""
+    source.seed(400, start=datetime.now(UTC) - timedelta(seconds=40))
+    deletes = {
+        **TOMBSTONES,
+        "endpoint": {**TOMBSTONES["endpoint"], "url": source.url + "/api/deleted"},
+    }
+    env, hub, app = build_stack(
+        tmp_path,
+        monkeypatch,
+        source,
+        pg_url,
+        redis_url,
+        None,
+        source__pagination=KEYSET,
+        source__delta={"param": "updated_since", "lookback": 2},
+        source__deletes=deletes,
+    )
+    stop, rng = threading.Event(), random.Random(7)
+
+    def mutate() -> None:
+        while not stop.is_set():
+            source.mutate_random(3, rng, deletes=0.1)
+            time.sleep(0.01)
+
+    with cluster(env, tmp_path) as workers:
+        workers.start_worker("a", 2)
+        workers.start_worker("b", 2)
+        workers.wait_ready()
+        mutator = threading.Thread(target=mutate, daemon=True)
+        mutator.start()
+        deltas, until = 0, time.monotonic() + 8
+        try:
+            while time.monotonic() < until:
+                assert fetch(hub, app).status == "ok"
+                deltas += 1
+        finally:
+            stop.set()
+            mutator.join(timeout=10)
+        assert fetch(hub, app).status == "ok"
+        wait_until(lambda: settled(hub.database_url), timeout=120, what="every record written")
+    expected = {rid: int(r["version"]) for rid, r in source.snapshot().items()}
+    assert deltas >= 3 and len(source.deleted_ids()) > 10
+    assert live_target(hub.database_url) == expected
+    staged = staged_pairs(hub.database_url)
+    assert len(staged) == len(set(staged)), "a version was staged twice"
+
+
+def test_fetch_killed_mid_paging_resumes_from_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_url: str
+) -> None:
+    """A fetch SIGKILLed mid-paging resumes from its checkpoint: no restart, no skip."""
+    demo = DemoSource(DemoSourceOptions(page_delay=0.25, page_size_max=1000)).start()
+    try:
+        demo.seed(60, start=datetime.now(UTC) - timedelta(hours=2))
+        env, hub, app = build_stack(
+            tmp_path,
+            monkeypatch,
+            demo,
+            pg_url,
+            redis_url,
+            None,
+            source__pagination={**KEYSET, "limit": 5},
+            source__delta={"param": "updated_since", "lookback": 0},
+        )
+        url = hub.database_url
+        with cluster(env, tmp_path) as workers:
+            workers.start_worker("w", 1)
+            workers.wait_ready()
+            app.tasks["ihub.fetch_delta"].apply_async(("incidents",))
+            wait_until(
+                lambda: (runs.latest(url, "incidents") or {}).get("pages", 0) >= 3,
+                timeout=60,
+                interval=0.05,
+                what="three pages checkpointed",
+            )
+            [child] = workers.pool_children("w")
+            os.kill(child, signal.SIGKILL)
+            killed_at = time.monotonic()
+            checkpoint = integrations.watermark(url, "incidents")
+            wait_until(lambda: _finished_runs(url) >= 1, timeout=90, what="the redelivered fetch")
+            wait_until(lambda: settled(url), timeout=90, what="every record written")
+        after = [params for at, _m, path, params in demo.requests if at > killed_at]
+    finally:
+        demo.stop()
+    assert checkpoint is not None
+    resumed_from = format_time(checkpoint.updated, "iso")
+    assert after and after[0].get("updated_since") == resumed_from, after[:2]
+    assert len(after) < 60 // 5, "the redelivered fetch read every page again"
+    assert live_target(url) == {rid: int(r["version"]) for rid, r in demo.snapshot().items()}
+    staged = staged_pairs(url)
+    assert len(staged) == 60 and len({pair[0] for pair in staged}) == 60
+
+
+def _finished_runs(url: str) -> int:
+    with session_scope(url) as session:
+        query = select(FetchRun.id).where(FetchRun.status == "ok")
+        return len(list(session.scalars(query)))

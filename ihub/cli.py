@@ -169,6 +169,13 @@ def _broker_url(settings: Any) -> str | None:
 @click.option("--json", "as_json", is_flag=True)
 def sync(name: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Fetch one delta of NAME now; the records go to the workers."""
+    run_sync(name, wait=wait, timeout=timeout, as_json=as_json)
+
+
+def run_sync(
+    name: str, *, wait: bool, timeout: float, as_json: bool, full_refresh: bool = False
+) -> None:
+    """One fetch in this process (``ihub sync``, ``ihub watermark refresh``); exit 1 unless ok."""
     from ihub.runner import wait_for_run
     from pipeline import sync as engine
     from pipeline.hub import Hub
@@ -181,7 +188,13 @@ def sync(name: str, wait: bool, timeout: float, as_json: bool) -> None:
     except ConfigError as exc:
         _fail(str(exc))
     app = get_app()
-    result = engine.fetch_delta(hub, name, lambda ids: publish_records(app, ids), owner="cli")
+    result = engine.fetch_delta(
+        hub,
+        name,
+        lambda ids: publish_records(app, ids),
+        owner="cli-refresh" if full_refresh else "cli",
+        full_refresh=full_refresh,
+    )
     data: dict[str, Any] = {
         "integration": name,
         "status": result.status,
@@ -193,7 +206,7 @@ def sync(name: str, wait: bool, timeout: float, as_json: bool) -> None:
     if wait and result.run_id is not None:
         data["counts"] = wait_for_run(hub.database_url, result.run_id, timeout=timeout)
     _emit(data, as_json, lambda d: click.echo(" ".join(f"{k}={v}" for k, v in d.items())))
-    if result.status not in ("ok",):
+    if result.status != "ok":
         sys.exit(1)
 
 

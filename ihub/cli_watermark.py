@@ -132,33 +132,6 @@ def watermark_reset(name: str, to: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def watermark_refresh(name: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Full refresh of NAME now: read everything and rewrite every row (one per key)."""
-    from ihub.runner import wait_for_run
-    from pipeline import sync as engine
-    from pipeline.errors import ConfigError
-    from pipeline.hub import Hub
-    from tasks.app import get_app
-    from tasks.records import publish_records
+    from ihub.cli import run_sync
 
-    try:
-        hub = Hub.from_env()
-        hub.integration(name)
-    except ConfigError as exc:
-        _fail(str(exc))
-    app = get_app()
-    result = engine.fetch_delta(
-        hub, name, lambda ids: publish_records(app, ids), owner="cli-refresh", full_refresh=True
-    )
-    data: dict[str, Any] = {
-        "integration": name,
-        "status": result.status,
-        "run_id": result.run_id,
-        "pages": result.pages,
-        "fetched": result.fetched,
-        "staged": result.staged,
-    }
-    if wait and result.run_id is not None:
-        data["counts"] = wait_for_run(hub.database_url, result.run_id, timeout=timeout)
-    text = " ".join(f"{k}={v}" for k, v in data.items())
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
-    if result.status != "ok":
-        sys.exit(1)
+    run_sync(name, wait=wait, timeout=timeout, as_json=as_json, full_refresh=True)

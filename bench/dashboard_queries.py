@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from ihub import metrics, report  # noqa: E402
+from ihub import report  # noqa: E402
+from ihub.web import metrics  # noqa: E402
 from models import dashboard, migrate  # noqa: E402
 from models.dashboard import DeadFilter  # noqa: E402
 from models.db import dispose_all, get_engine, normalize_url  # noqa: E402

@@ -44,7 +44,7 @@ from models.db import normalize_url
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-DEMO_CONFIG = REPO / "ihub" / "demo.yaml"
+DEMO_CONFIG = REPO / "ihub" / "demo" / "demo.yaml"
 INTEGRATION = "incidents"
 PROGRESS_EVERY = 2.0
 POLL_EVERY = 0.1
@@ -209,7 +209,7 @@ class Bench:
     # -- setup ------------------------------------------------------------------------------
 
     def setup(self) -> dict[str, str]:
-        from ihub.demosource import DemoSource, DemoSourceOptions
+        from ihub.demo.source import DemoSource, DemoSourceOptions
 
         self._claim_redis_db()
         self._create_database()
@@ -268,7 +268,7 @@ class Bench:
             engine.dispose()
 
     def _write_config(self) -> None:
-        """ihub/demo.yaml's integration, with the page limit of this benchmark."""
+        """ihub/demo/demo.yaml's integration, with the page limit of this benchmark."""
         config = yaml.safe_load(DEMO_CONFIG.read_text())
         integration = config["integrations"][INTEGRATION]
         integration["source"]["pagination"]["limit"] = self.args.page_limit
@@ -277,7 +277,7 @@ class Bench:
     # -- ihub -------------------------------------------------------------------------------
 
     def run_ihub(self, env: dict[str, str]) -> dict[str, Any]:
-        from ihub.runner import OPEN
+        from ihub.cli.runner import OPEN
         from models import queue
         from pipeline import sync
         from pipeline.hub import Hub

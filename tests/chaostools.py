@@ -20,8 +20,8 @@ from typing import Any
 import redis
 from sqlalchemy import text
 
-from ihub.demosource import DemoSource
-from ihub.runner import start_celery, stop
+from ihub.cli.runner import start_celery, stop
+from ihub.demo.source import DemoSource
 from models import queue
 from models.db import get_engine
 from pipeline import sync

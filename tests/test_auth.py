@@ -23,7 +23,7 @@ import requests
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from ihub.demosource import DemoSource, DemoSourceOptions
+from ihub.demo.source import DemoSource, DemoSourceOptions
 from models.db import get_engine
 from models.tokens import TokenStore
 from pipeline.auth.crypto import TokenCipher

@@ -243,7 +243,7 @@ def test_dashboard_screenshot(browser: Any, tmp_path: Path, redis_url: str) -> N
     """The known-rows dashboard renders every widget in Chromium (the README's screenshot)."""
     from selenium.webdriver.common.by import By
 
-    from ihub.web import serve
+    from ihub.web.server import serve
 
     url = f"sqlite:///{tmp_path}/shot.db"
     migrate.upgrade(url)

@@ -293,8 +293,8 @@ def test_dashboard_shows_redrive_and_requeue_actions(
     sqlite_url: str, letters: dict[str, int], tmp_path: Path
 ) -> None:
     """The status page lists what the redrive policy and operators did, with counts."""
-    from ihub.pages import dashboard
     from ihub.report import collect_status
+    from ihub.web.pages import dashboard
 
     hub = hub_for(sqlite_url, tmp_path, redrive={"enabled": True})
     sync.redrive(hub, "crm", lambda ids: None)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from ihub.demosource import DemoSource, DemoSourceOptions
+from ihub.demo.source import DemoSource, DemoSourceOptions
 from models import integrations, runs
 from models.db import get_engine, session_scope
 from models.schema import FetchRun, StagedRecord

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
-from ihub.demosource import DemoSource, DemoSourceOptions
+from ihub.demo.source import DemoSource, DemoSourceOptions
 from models.db import get_engine, session_scope
 from models.migrate import upgrade
 from models.schema import RecordStatus, StagedRecord

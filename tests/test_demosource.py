@@ -14,7 +14,7 @@ from urllib.parse import quote_plus
 import pytest
 import requests
 
-from ihub.demosource import DemoSource, DemoSourceOptions, main
+from ihub.demo.source import DemoSource, DemoSourceOptions, main
 
 TIMEOUT = 5
 CID, SECRET = "demo-client", "demo-secret"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from ihub.demosource import DemoSource, DemoSourceOptions
-from ihub.runner import wait_for_run
+from ihub.cli.runner import wait_for_run
+from ihub.demo.source import DemoSource, DemoSourceOptions
 from models import queue
 from models.db import get_engine
 from pipeline import sync

@@ -18,7 +18,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from ihub.flower import DEFAULTS, option, prepare
+from ihub.cli.flower import DEFAULTS, option, prepare
 from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
-from ihub.web import ServerHandle, serve
+from ihub.web.server import ServerHandle, serve
 from models import migrate
 from models.db import session_scope
 from models.schema import StagedRecord

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ihub.demosource import DemoSource, DemoSourceOptions
-from ihub.demotarget import DemoTarget
-from ihub.runner import wait_for_run
+from ihub.cli.runner import wait_for_run
+from ihub.demo.source import DemoSource, DemoSourceOptions
+from ihub.demo.target import DemoTarget
 from models import integrations, queue
 from pipeline import sync
 from pipeline.hub import Hub

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ihub.demosource import DemoSource, DemoSourceOptions
+from ihub.demo.source import DemoSource, DemoSourceOptions
 from models import integrations
 from pipeline import sync
 from pipeline.config import load_config

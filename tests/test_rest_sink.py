@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from ihub.demosource import DemoSourceOptions
-from ihub.demotarget import DemoTarget
+from ihub.demo.source import DemoSourceOptions
+from ihub.demo.target import DemoTarget
 from models.tokens import TokenStore
 from pipeline.auth.crypto import TokenCipher
 from pipeline.auth.manager import TokenManager

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
-from ihub.demosource import DemoSource, DemoSourceOptions
-from ihub.demotarget import DemoTarget
-from ihub.runner import wait_for_run
+from ihub.cli.runner import wait_for_run
+from ihub.demo.source import DemoSource, DemoSourceOptions
+from ihub.demo.target import DemoTarget
 from models import queue
 from models.db import dispose_all, get_engine, session_scope
 from models.schema import DeadLetter, StagedRecord

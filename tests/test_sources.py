@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from sqlalchemy import inspect, select, text
 
 from ihub.cli import main
-from ihub.demosource import DemoSource, DemoSourceOptions
+from ihub.demo.source import DemoSource, DemoSourceOptions
 from models import integrations, queue
 from models.db import get_engine, session_scope
 from models.schema import RecordStatus, StagedRecord

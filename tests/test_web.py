@@ -11,8 +11,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from ihub import actions
-from ihub.web import ServerHandle, auth_from_env, check_exposure, serve
+from ihub.web import actions
+from ihub.web.server import ServerHandle, auth_from_env, check_exposure, serve
 from models import migrate
 from models.dashboard import DeadFilter
 from models.db import session_scope

@@ -16,7 +16,7 @@ import pytest
 import redis
 import requests
 
-from ihub.web import ServerHandle, serve
+from ihub.web.server import ServerHandle, serve
 from models import migrate
 from tests import web_seed
 from tests.web_seed import NOW

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ihub.runner import start_celery, stop
+from ihub.cli.runner import start_celery, stop
 
 
 def write_config(path: Path, source_url: str, secret: str, **overrides: object) -> Path:

@@ -10,7 +10,7 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-from ihub.pages import esc, iso, local_time, page, short
+from ihub.web.pages import esc, iso, local_time, page, short
 from models.dashboard import DeadFilter
 
 

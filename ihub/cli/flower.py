@@ -27,7 +27,7 @@ def prepare(user_args: Sequence[str], env: Mapping[str, str]) -> tuple[list[str]
     ``IHUB_FLOWER_BASIC_AUTH=user:password`` becomes Flower's own ``FLOWER_BASIC_AUTH``, so the
     password is in the environment, not on the command line that ``ps`` shows.
     """
-    from ihub.web import is_loopback
+    from ihub.web.server import is_loopback
 
     args, env = [*DEFAULTS, *user_args], dict(env)
     if env.get("IHUB_FLOWER_BASIC_AUTH") and not env.get("FLOWER_BASIC_AUTH"):

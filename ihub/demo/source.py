@@ -7,7 +7,7 @@ test thread (seeding, mutating, injecting faults) never see a half-applied chang
 
 Besides ``/api/records`` it serves the same table in the other styles real APIs use (Link
 headers, next URLs, a ServiceNow-like table API, a POST search, a tombstone listing): see
-``ihub.demostyles``. Tests can freeze its clock, delete records, and read ``requests``, the log
+``ihub.demo.styles``. Tests can freeze its clock, delete records, and read ``requests``, the log
 of API requests it answered.
 """
 
@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
-from ihub import demostyles
+from ihub.demo import styles as demostyles
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ class DemoSource:
         with self._lock:
             return {record_id for _, record_id in self._tombstones}
 
-    # -- the primitives of every listing style (ihub.demostyles) --------------------------------
+    # -- the primitives of every listing style (ihub.demo.styles) --------------------------------
 
     def listing(
         self,
@@ -688,7 +688,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _parser() -> argparse.ArgumentParser:
     """One flag per DemoSourceOptions field (e.g. --token-lifetime), so the two never drift."""
-    p = argparse.ArgumentParser(prog="python -m ihub.demosource", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ihub.demo.source", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8700)
     p.add_argument("--seed", type=int, default=0, help="records to create at start")

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
+DEMO_CONFIG = Path(__file__).parents[1] / "demo" / "demo.yaml"
 
 
 @click.command()
@@ -25,7 +25,7 @@ DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
 @click.option("--timeout", default=300.0, show_default=True, help="seconds --once may wait")
 def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: float) -> None:
     """Start a demo OAuth 2.0 source, a worker, beat and the status page, and sync."""
-    from ihub.demosource import DemoSource, DemoSourceOptions
+    from ihub.demo.source import DemoSource, DemoSourceOptions
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     home = Path(os.environ.get("IHUB_HOME", ".ihub")).absolute() / "demo"
@@ -34,7 +34,7 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     source.seed(records)
     env = _demo_env(home, source.url, source.options.client_secret)
     os.environ.update(env)
-    from ihub.runner import start_celery, stop
+    from ihub.cli.runner import start_celery, stop
     from models.migrate import upgrade
     from pipeline.settings import settings_from_env
 
@@ -90,7 +90,7 @@ def _demo_env(home: Path, url: str, client_secret: str) -> dict[str, str]:
 
 def _start_page(settings: Any, port: int) -> Any:
     from ihub.cli import _broker_url
-    from ihub.web import serve
+    from ihub.web.server import serve
 
     broker, due_in = _broker_url(settings), settings.reconcile_after
     try:
@@ -100,7 +100,7 @@ def _start_page(settings: Any, port: int) -> Any:
 
 
 def _run_once(settings: Any, app: Any, timeout: float) -> int:
-    from ihub.runner import wait_for_run
+    from ihub.cli.runner import wait_for_run
     from pipeline import sync
     from pipeline.hub import Hub
     from tasks.records import publish_records
@@ -145,7 +145,7 @@ def _summary(settings: Any) -> None:
 def _run_forever(settings: Any, source: Any, env: dict[str, str]) -> None:
     import random
 
-    from ihub.runner import start_celery, stop
+    from ihub.cli.runner import start_celery, stop
 
     beat = start_celery(
         "beat",

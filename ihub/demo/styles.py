@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 if TYPE_CHECKING:
-    from ihub.demosource import DemoSource, Response
+    from ihub.demo.source import DemoSource, Response
 
 LINKS_PATH, FEED_PATH, TABLE_PATH = "/api/links", "/api/feed", "/api/table/incident"
 SEARCH_PATH, DELETED_PATH = "/api/search", "/api/deleted"

@@ -83,7 +83,7 @@ _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_
 
 
 def _exec_celery(kind: str, args: list[str]) -> None:
-    from ihub.runner import celery_command
+    from ihub.cli.runner import celery_command
 
     command = celery_command(kind, args)
     os.execv(command[0], command)
@@ -116,7 +116,7 @@ def flower(flower_args: tuple[str, ...]) -> None:
 
     Any other --address needs --basic-auth=user:password or IHUB_FLOWER_BASIC_AUTH.
     """
-    from ihub.flower import prepare
+    from ihub.cli.flower import prepare
 
     try:
         args, env = prepare(flower_args, os.environ)
@@ -136,7 +136,7 @@ def web(host: str, port: int, flower_url: str | None) -> None:
     Bound to anything but loopback it needs IHUB_WEB_USER and IHUB_WEB_PASSWORD (HTTP Basic).
     """
     from ihub.report import register_config_secrets
-    from ihub.web import auth_from_env, check_exposure, csrf_key_from_secret, serve_forever
+    from ihub.web.server import auth_from_env, check_exposure, csrf_key_from_secret, serve_forever
 
     settings = _settings()
     register_config_secrets(settings.config_path)
@@ -176,7 +176,7 @@ def run_sync(
     name: str, *, wait: bool, timeout: float, as_json: bool, full_refresh: bool = False
 ) -> None:
     """One fetch in this process (``ihub sync``, ``ihub watermark refresh``); exit 1 unless ok."""
-    from ihub.runner import wait_for_run
+    from ihub.cli.runner import wait_for_run
     from pipeline import sync as engine
     from pipeline.hub import Hub
     from tasks.app import get_app
@@ -229,10 +229,10 @@ def _render_status(report: dict[str, Any]) -> None:
         click.echo(line)
 
 
-from ihub.cli_auth import auth  # noqa: E402  (subcommand groups live in their own modules)
-from ihub.cli_dead import dead  # noqa: E402
-from ihub.cli_demo import demo  # noqa: E402
-from ihub.cli_watermark import watermark  # noqa: E402
+from ihub.cli.auth import auth  # noqa: E402  (subcommand groups live in their own modules)
+from ihub.cli.dead import dead  # noqa: E402
+from ihub.cli.demo import demo  # noqa: E402
+from ihub.cli.watermark import watermark  # noqa: E402
 
 main.add_command(dead)
 main.add_command(auth)

@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from ihub import charts
+from ihub.web import charts
 
 WINDOWS = (1, 6, 24, 168)
 REFRESH_SECONDS = 10

@@ -30,8 +30,9 @@ from urllib.parse import parse_qs, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from ihub import actions, api, metrics, pages, pages_dead, report
-from ihub.api import HTML, TEXT, BadRequest, Request, Response, html_response
+from ihub import report
+from ihub.web import actions, api, metrics, pages, pages_dead
+from ihub.web.api import HTML, TEXT, BadRequest, Request, Response, html_response
 from models import dashboard
 from models.dashboard import DeadFilter
 from pipeline.errors import ConfigError

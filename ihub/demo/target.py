@@ -13,7 +13,7 @@ import json
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ihub.demosource import DemoSource, DemoSourceOptions, Response
+from ihub.demo.source import DemoSource, DemoSourceOptions, Response
 
 ITEMS_PATH = "/api/items/"
 VERSION_FIELD = "_ihub_version"

@@ -129,7 +129,7 @@ def flower(flower_args: tuple[str, ...]) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="not loopback: needs auth")
 @click.option("--port", default=8780, show_default=True)
-@click.option("--flower-url", envvar="IHUB_FLOWER_URL", default=None, help="link Flower")
+@click.option("--flower-url", default=None, help="link Flower [default: IHUB_FLOWER_URL]")
 def web(host: str, port: int, flower_url: str | None) -> None:
     """Serve the status page, its JSON API and /metrics.
 
@@ -145,7 +145,7 @@ def web(host: str, port: int, flower_url: str | None) -> None:
         check_exposure(host, auth)
     except ConfigError as exc:
         _fail(str(exc))
-    options: dict[str, Any] = {"flower_url": flower_url, "auth": auth}
+    options: dict[str, Any] = {"flower_url": flower_url or settings.flower_url, "auth": auth}
     options["due_in"] = settings.reconcile_after
     if settings.secret_key:  # every `ihub web` process accepts the others' CSRF tokens
         options["csrf_key"] = csrf_key_from_secret(settings.secret_key)

@@ -28,7 +28,9 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     from ihub.demo.source import DemoSource, DemoSourceOptions
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
-    home = Path(os.environ.get("IHUB_HOME", ".ihub")).absolute() / "demo"
+    from pipeline.settings import settings_from_env
+
+    home = settings_from_env().home / "demo"
     _fresh_home(home)
     source = DemoSource(DemoSourceOptions(token_lifetime=60)).start()
     source.seed(records)
@@ -36,7 +38,6 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     os.environ.update(env)
     from ihub.cli.runner import start_celery, stop
     from models.migrate import upgrade
-    from pipeline.settings import settings_from_env
 
     settings = settings_from_env()
     upgrade(settings.database_url)

@@ -36,6 +36,7 @@ from ihub.web.api import HTML, TEXT, BadRequest, Request, Response, html_respons
 from models import dashboard
 from models.dashboard import DeadFilter
 from pipeline.errors import ConfigError
+from pipeline.settings import settings_from_env
 from pipeline.timefmt import utcnow
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,8 @@ def is_loopback(host: str) -> bool:
 
 
 def auth_from_env(env: dict[str, str]) -> tuple[str, str] | None:
-    user, password = env.get("IHUB_WEB_USER", ""), env.get("IHUB_WEB_PASSWORD", "")
+    settings = settings_from_env(env)
+    user, password = settings.web_user, settings.web_password
     if bool(user) != bool(password):
         raise ConfigError("environment: IHUB_WEB_USER and IHUB_WEB_PASSWORD go together")
     return (user, password) if user else None

@@ -5,8 +5,11 @@ Every wait here is bounded by a socket timeout or ``wait_until``; none measures 
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,3 +242,51 @@ def test_stop_frees_the_port(seeded: tuple[str, dict[str, int]]) -> None:
         requests.get(handle.url + "/healthz", timeout=TIMEOUT)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", handle.port))
+
+
+def test_ihub_web_reads_its_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ihub web` answers to IHUB_WEB_PUBLIC_HOST names and refuses a bad IHUB_WEB_THREADS."""
+    from click.testing import CliRunner
+
+    from ihub import cli
+
+    monkeypatch.setenv("IHUB_CONFIG", str(tmp_path / "none.yaml"))
+    monkeypatch.setenv("IHUB_WEB_THREADS", "none")
+    result = CliRunner().invoke(cli.main, ["web", "--port", "0"])
+    assert result.exit_code == 2 and "IHUB_WEB_THREADS" in result.output
+    url = f"sqlite:///{tmp_path}/cli.db"
+    migrate.upgrade(url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "IHUB_DATABASE_URL": url,
+        "IHUB_HOME": str(tmp_path / "home"),
+        "IHUB_CONFIG": str(tmp_path / "none.yaml"),
+        "IHUB_WEB_PUBLIC_HOST": "status.example.org",
+        "IHUB_WEB_THREADS": "2",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ihub", "web", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(base + "/healthz", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return process.poll() is not None  # ended: the assertion below says so
+
+    try:
+        wait_until(up, timeout=60, what="ihub web answers /healthz")
+        assert process.poll() is None, "ihub web exited"
+        public = requests.get(base + "/api", headers={"Host": "status.example.org"}, timeout=5)
+        assert public.status_code == 200
+        assert requests.get(base + "/api", headers={"Host": EVIL}, timeout=5).status_code == 421
+    finally:
+        process.terminate()
+        process.wait(10)

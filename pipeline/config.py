@@ -137,12 +137,26 @@ class SqlSinkConfig(Strict):
     table: str
     key: str = "id"
     url: str | None = Field(None, description="target database; default: IHUB_DATABASE_URL")
+    max_columns: int = Field(
+        200, ge=1, le=1500, description="columns the source's fields may add; then _ihub_extra"
+    )
 
     @field_validator("table")
     @classmethod
     def _identifier(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
             raise ValueError(f"expected a SQL identifier (letters, digits, _), got {value!r}")
+        if re.match(r"(?i)_?ihub_|alembic_version$", value):
+            raise ValueError(f"{value!r} is a name of ihub's own tables (ihub_*, _ihub_*)")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key_column(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+            raise ValueError(f"expected a column name (letters, digits, _), got {value!r}")
+        if value.lower().startswith("_ihub_"):
+            raise ValueError(f"{value!r}: names starting with _ihub_ are ihub's own columns")
         return value
 
 

@@ -80,7 +80,9 @@ class Hub:
                 self._classify(name, self._sinks[name].session, "sink")
             else:
                 url = config.url or self.database_url
-                self._sinks[name] = SqlSink(url, config.table, config.key)
+                self._sinks[name] = SqlSink(
+                    url, config.table, config.key, max_columns=config.max_columns
+                )
         return self._sinks[name]
 
     def _classify(self, name: str, session: requests.Session, side: str) -> None:

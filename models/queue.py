@@ -20,6 +20,7 @@ from models import deadletters
 from models.db import session_scope
 from models.schema import RecordStatus, StagedRecord
 from pipeline.delta import SourceRecord
+from pipeline.redaction import redact
 from pipeline.timefmt import utcnow
 
 S = RecordStatus
@@ -211,7 +212,7 @@ def mark_retrying(database_url: str, row_id: int, error: BaseException, due_at: 
             .values(
                 status=S.RETRYING,
                 due_at=due_at,
-                last_error=str(error)[:2000],
+                last_error=redact(str(error))[:2000],
                 error_class=type(error).__name__,
             )
         )

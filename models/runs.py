@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from models.db import session_scope
 from models.schema import FetchRun
+from pipeline.redaction import redact
 from pipeline.timefmt import utcnow
 
 
@@ -51,7 +52,7 @@ def _as_dict(run: FetchRun) -> dict[str, Any]:
         "pages": run.pages,
         "fetched": run.fetched,
         "staged": run.staged,
-        "error": run.error,
+        "error": redact(run.error) if run.error else None,
         "started_at": run.started_at.isoformat() + "Z" if run.started_at else None,
         "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
     }

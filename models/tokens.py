@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from models.db import session_scope
 from models.schema import Token
 from pipeline.auth.crypto import TokenCipher
+from pipeline.redaction import redact
 from pipeline.timefmt import utcnow
 
 
@@ -110,7 +111,7 @@ class LockedToken:
 
     def record_failure(self, reason: str) -> None:
         self._row.failure_count = (self._row.failure_count or 0) + 1
-        self._row.last_error = reason[:2000]
+        self._row.last_error = redact(reason)[:2000]
 
 
 def token_health(database_url: str) -> list[dict[str, object]]:
@@ -125,7 +126,7 @@ def token_health(database_url: str) -> list[dict[str, object]]:
                 else None,
                 "refresh_count": row.refresh_count or 0,
                 "failure_count": row.failure_count or 0,
-                "last_error": row.last_error,
+                "last_error": redact(row.last_error) if row.last_error else None,
                 "has_refresh_token": row.refresh_token is not None,
             }
             for row in rows

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -97,7 +98,7 @@ def classify_response(response: requests.Response, *, what: str) -> IhubError | 
     status = response.status_code
     if status < 400:
         return None
-    snippet = (response.text or "")[:200].replace("\n", " ")
+    snippet = _redact((response.text or "")[:200].replace("\n", " "))
     message = f"{what}: HTTP {status} from {_safe_url(response)}: {snippet}"
     if status in TRANSIENT_STATUS or status >= 500:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -115,9 +116,20 @@ def classify_exception(exc: BaseException, *, what: str) -> IhubError:
 
 
 def _safe_url(response: requests.Response) -> str:
-    url = response.url or ""
-    return url.split("?", 1)[0]
+    """The URL without its query and without any user:password."""
+    parts = urlsplit(response.url or "")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _redact(text: str) -> str:
+    from pipeline.redaction import redact
+
+    return redact(text)
 
 
 def _short(exc: BaseException) -> str:
-    return str(exc)[:300]
+    """The exception's text without URL queries or userinfo, and with known secrets masked."""
+    from pipeline.redaction import redact, strip_urls
+
+    return redact(strip_urls(str(exc)))[:300]

@@ -20,7 +20,9 @@ from pipeline.config import (
     OAuth2Config,
     RestSinkConfig,
     load_config,
+    secrets_of,
 )
+from pipeline.redaction import register_secret
 from pipeline.settings import Settings, settings_from_env
 from pipeline.sinks import RestSink, Sink, SqlSink
 from pipeline.sources import RestSource
@@ -37,6 +39,11 @@ class Hub:
     _sinks: dict[str, Sink] = field(default_factory=dict)
     _tokens: dict[str, TokenManager] = field(default_factory=dict)
     _pause_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Static headers, parameters and URL passwords are masked in this process's logs."""
+        for secret in secrets_of(self.config):
+            register_secret(secret)
 
     @classmethod
     def from_env(cls) -> Hub:

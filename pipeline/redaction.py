@@ -1,7 +1,10 @@
 """Secrets never reach a log line: a filter that masks every secret value ihub has seen.
 
-Values are registered as they are loaded (client secrets, passwords) or received (access and
-refresh tokens); a pattern also catches bearer headers and token fields that slip through.
+Values are registered as they are loaded (client secrets, passwords, secret-looking headers
+and parameters of the config) or received (access and refresh tokens); patterns also catch
+bearer headers, token fields, the password of a URL and secret-named query parameters that slip
+through. ``redacted_error`` gives an exception that may leave the process (to Celery's events,
+which Flower shows) with the same redaction applied.
 """
 
 from __future__ import annotations
@@ -11,11 +14,26 @@ import re
 import threading
 
 MASK = "********"
+SECRET_NAME = re.compile(
+    r"(?i)(pass(word|wd|phrase)?|secret|token|api[-_]?key|auth|credential|private[-_]?key|"
+    r"session|cookie|signature|assertion|[-_.]key$|ssn|iban|card[-_]?number|cvv)"
+)
+_QUERY_SECRET = (
+    r"pass(?:word|wd)?|secret|token|api[-_]?key|apikey|key|auth\w*|credential\w*|sig\w*|"
+    r"session\w*|code|access[-_]?token|client[-_]?secret"
+)
 _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"),
+    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?basic\s+)[A-Za-z0-9+/=]{8,}"),
     re.compile(r"(?i)((?:access|refresh)_token[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._~+/=-]{6,}"),
     re.compile(r"(?i)(client_secret[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]{3,}"),
+    # the password of scheme://user:password@host
+    re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*:)[^\s/@'\"]+(?=@)"),
+    # ?api_key=... / &token=... in a URL or a form body
+    re.compile(rf"(?i)([?&](?:[\w.-]*[-_])?(?:{_QUERY_SECRET})=)[^&#\s'\"]+"),
 ]
+_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\s/@'\"]*@)?([^\s?#'\"]*)\?[^\s#'\")]*")
+_RELATIVE = re.compile(r"(url: /[^\s?'\"]*)\?[^\s'\")]*")
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
@@ -34,6 +52,41 @@ def redact(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + MASK, text)
     return text
+
+
+def strip_urls(text: str) -> str:
+    """Error texts: every URL without its query string and userinfo (``?…`` marks the cut).
+
+    A connection error quotes the URL it failed on (urllib3: ``... with url: /x?token=...``),
+    and a query may carry a key or a signature that no pattern above recognises."""
+    text = _URL.sub(lambda m: f"{m.group(1)}{m.group(2)}?…", text)
+    return _RELATIVE.sub(lambda m: f"{m.group(1)}?…", text)
+
+
+def redacted_error(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` safe to hand to Celery (task-failed/-retried events, Flower): the
+    message redacted, no chained cause (its text would travel with the traceback).
+
+    ihub's own errors keep their class; any other becomes ``IhubError("Type: message")``, which
+    also survives the pickle round trip that a foreign exception may not (PITFALLS 17)."""
+    from pipeline.errors import (
+        ConfigError,
+        IhubError,
+        PermanentError,
+        ReauthRequired,
+        TransientError,
+    )
+
+    clean = redact(str(exc))
+    if isinstance(exc, TransientError):
+        return TransientError(clean, exc.retry_after)
+    if isinstance(exc, PermanentError):
+        return PermanentError(clean)
+    if isinstance(exc, ReauthRequired):
+        return ReauthRequired(exc.integration, redact(exc.reason))
+    if isinstance(exc, ConfigError):
+        return ConfigError(redact(exc.message), [redact(p) for p in exc.problems])
+    return IhubError(f"{type(exc).__name__}: {clean}")
 
 
 class RedactingFilter(logging.Filter):

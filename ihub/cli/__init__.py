@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -39,6 +40,17 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     install_redaction()
+    _learn_config_secrets()
+
+
+def _learn_config_secrets() -> None:
+    """What the config holds (headers, URL passwords...) is masked in whatever a command
+    prints from the database: dead letters, run errors, token failures."""
+    from ihub.report import register_config_secrets
+
+    # a broken environment is reported by the command that needs it
+    with contextlib.suppress(ConfigError):
+        register_config_secrets(_settings().config_path)
 
 
 @main.command()

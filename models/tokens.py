@@ -114,6 +114,26 @@ class LockedToken:
         self._row.last_error = redact(reason)[:2000]
 
 
+def rewrap_all(database_url: str, cipher: TokenCipher) -> int:
+    """Re-encrypt every stored token under the cipher's new key (``ihub auth rotate-key``);
+    how many rows changed. Each row under its lock, so a refresh running meanwhile either
+    wrote before (and is re-encrypted here) or writes after (under the new key already)."""
+    with session_scope(database_url) as session:
+        names = list(session.scalars(select(Token.credential).order_by(Token.credential)))
+    changed = 0
+    for name in names:
+        with session_scope(database_url) as session:
+            query = select(Token).where(Token.credential == name).with_for_update()
+            row = session.scalars(query).first()
+            values = (row.access_token, row.refresh_token) if row else (None, None)
+            if row is None or all(cipher.current(v) for v in values):
+                continue
+            row.access_token = cipher.encrypt(cipher.decrypt(row.access_token))
+            row.refresh_token = cipher.encrypt(cipher.decrypt(row.refresh_token))
+            changed += 1
+    return changed
+
+
 def token_health(database_url: str) -> list[dict[str, object]]:
     """What an operator may see of each credential: never the token values."""
     with session_scope(database_url) as session:

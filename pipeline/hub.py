@@ -72,7 +72,8 @@ class Hub:
         """One manager per credential: ``NAME:source`` and ``NAME:sink`` are separate rows."""
         credential = credential_name(name, side)
         if credential not in self._tokens:
-            store = TokenStore(self.database_url, credential, TokenCipher(self.settings.secret_key))
+            cipher = TokenCipher.from_settings(self.settings)
+            store = TokenStore(self.database_url, credential, cipher)
             self._tokens[credential] = TokenManager(name, config, store)
         return self._tokens[credential]
 

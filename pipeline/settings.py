@@ -4,7 +4,8 @@ IHUB_HOME            where the embedded default keeps its files (default ./.ihub
 IHUB_DATABASE_URL    system of record (default sqlite:///$IHUB_HOME/ihub.db)
 IHUB_BROKER_URL      Celery broker (default: the embedded redis-server under $IHUB_HOME)
 IHUB_CONFIG          integration definitions (default ./integrations.yaml)
-IHUB_SECRET_KEY      encrypts tokens at rest; required unless IHUB_DEMO=1
+IHUB_SECRET_KEY      encrypts tokens at rest (32+ random characters); required unless IHUB_DEMO=1
+IHUB_SECRET_KEY_OLD  previous keys, comma-separated, still read during a rotation
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.auth.crypto import old_keys_from
 from pipeline.errors import ConfigError
 
 
@@ -26,6 +28,7 @@ class Settings:
     reconcile_after: float
     process_time_limit: float
     fetch_time_limit: float
+    secret_key_old: tuple[str, ...] = ()
 
     @property
     def embedded_broker(self) -> bool:
@@ -45,6 +48,7 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         reconcile_after=_number(env, "IHUB_RECONCILE_AFTER", 300.0),
         process_time_limit=_number(env, "IHUB_PROCESS_TIME_LIMIT", 300.0),
         fetch_time_limit=_number(env, "IHUB_FETCH_TIME_LIMIT", 1800.0),
+        secret_key_old=tuple(old_keys_from(env.get("IHUB_SECRET_KEY_OLD"))),
     )
 
 

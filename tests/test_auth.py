@@ -35,7 +35,7 @@ from pipeline.errors import ConfigError, ReauthRequired, TransientError
 from pipeline.redaction import RedactingFilter, install_redaction
 from pipeline.settings import settings_from_env
 
-KEY = "test-key"
+KEY = "test-key-0123456789-abcdefghijklmnopqrstuv"
 NAME = "incidents"
 CRED = f"{NAME}:source"
 SEED = "seed-refresh-token-0123456789"
@@ -486,7 +486,9 @@ def test_tokens_are_encrypted_at_rest(make_source: Factory, db_url: str) -> None
     assert stored.refresh_token not in raw
     assert SEED not in raw
     with pytest.raises(ConfigError, match="IHUB_SECRET_KEY differs"):
-        make_manager(db_url, seeded(source), key="another-key").access_token()
+        make_manager(
+            db_url, seeded(source), key="another-key-0123456789-abcdefghijklmnopq"
+        ).access_token()
 
 
 @pytest.mark.parametrize("key", [None, ""])

@@ -186,3 +186,24 @@ def test_sink_key_named_like_an_ihub_column_is_refused() -> None:
         raw = {"integrations": {"x": {"source": {"url": "https://a.example/"}, "sink": sink}}}
         with pytest.raises(ConfigError, match=r"integrations\.x\.sink\.key"):
             parse_config(raw, file="hub.yaml", env={})
+
+
+def test_table_made_before_the_mapping_keeps_taking_its_fields(db_url: str) -> None:
+    """An upgrade dead-letters nothing that wrote before: the first field reducing to an old
+    column adopts it ("first name" into first_name); a second spelling is then refused."""
+    with get_engine(db_url).begin() as connection:
+        connection.execute(
+            text(
+                f'CREATE TABLE items (id TEXT PRIMARY KEY, "{VERSION_COLUMN}" TEXT NOT NULL, '
+                f'"{SYNCED_COLUMN}" TEXT, first_name TEXT, age BIGINT)'
+            )
+        )
+    sink = SqlSink(db_url, "items", "id", max_columns=3)
+    assert sink.upsert({"id": "r1", "first name": "Ada", "age": 36, "town": "X"}, v(1)) is True
+    row = rows(db_url)["r1"]
+    assert (row["first_name"], row["age"], row["town"]) == ("Ada", 36, "X")
+    # the cap counts the old columns: a fourth data field goes to _ihub_extra
+    assert sink.upsert({"id": "r2", "first name": "Bo", "pet": "cat"}, v(2)) is True
+    assert json.loads(rows(db_url)["r2"][EXTRA_COLUMN]) == {"pet": "cat"}
+    with pytest.raises(PermanentError, match="'first name' and 'first_name'"):
+        SqlSink(db_url, "items", "id").upsert({"id": "r3", "first_name": "Cy"}, v(3))

@@ -130,11 +130,18 @@ class ColumnMap:
                         {"name": f"{COLUMNS_TABLE}:{self.table}"},
                     )
                 self._read(connection)
-                self._adopt(connection)
+                if fold(self.key) not in self._owners:
+                    self._insert(connection, self.key, self.key)
+                legacy = self._legacy(connection)
                 unclaimed = [n for n in names if self._lookup(n) is None]
-                room = max(0, self.max_columns - (len(self._owners) - 1))  # the key is free
-                for name in unclaimed[:room]:
-                    self._insert(connection, column_name(name), name)
+                room = self.max_columns - (len(self._owners) - 1) - len(legacy)
+                for name in unclaimed:
+                    column = column_name(name)
+                    if fold(column) in legacy:  # made before this mapping: its first field
+                        self._insert(connection, legacy.pop(fold(column)), name)
+                    elif room > 0:
+                        self._insert(connection, column, name)
+                        room -= 1
         except Exception:
             self._owners = {}  # rolled back: read them again next time
             raise
@@ -146,14 +153,13 @@ class ColumnMap:
         )
         self._owners = {folded: (col, owner) for folded, col, owner in rows}
 
-    def _adopt(self, connection: Any) -> None:
-        """The key, and the columns of a table made before this mapping, own their own name."""
-        existing = [self.key]
-        if inspect(connection).has_table(self.table):
-            existing += [c["name"] for c in inspect(connection).get_columns(self.table)]
-        for column in existing:
-            if not reserved(column) and fold(column) not in self._owners:
-                self._insert(connection, column, column)
+    def _legacy(self, connection: Any) -> dict[str, str]:
+        """Data columns of a table made before this mapping existed, not claimed yet: the first
+        field reducing to one adopts it, so an upgrade dead-letters nothing that wrote before."""
+        if not inspect(connection).has_table(self.table):
+            return {}
+        names = [c["name"] for c in inspect(connection).get_columns(self.table)]
+        return {fold(n): n for n in names if not reserved(n) and fold(n) not in self._owners}
 
     def _insert(self, connection: Any, column: str, name: str) -> None:
         connection.execute(

@@ -143,3 +143,21 @@ def test_rotate_key_without_the_old_key_fails_clearly(sqlite_url: str, tmp_path:
     result = CliRunner().invoke(main, ["auth", "rotate-key"], env=env)
     assert result.exit_code == 2
     assert "IHUB_SECRET_KEY_OLD" in result.output
+
+
+def test_check_warns_about_a_placeholder_key(tmp_path: Path) -> None:
+    """`ihub check` on an OAuth config says the compose placeholder key would be refused."""
+    import yaml
+
+    auth = {"type": "oauth2", "token_url": "https://idp.example/t", "client_id": "c"}
+    auth["client_secret"] = "s"
+    source = {"url": "https://api.example/i", "auth": auth}
+    raw = {"integrations": {"items": {"source": source, "sink": {"table": "items"}}}}
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    env = {"IHUB_SECRET_KEY": "change-me-to-a-long-random-string"}
+    result = CliRunner().invoke(main, ["check", "--config", str(path)], env=env)
+    assert result.exit_code == 0
+    assert "warning: IHUB_SECRET_KEY is a placeholder" in result.stderr
+    ok = CliRunner().invoke(main, ["check", "--config", str(path)], env={"IHUB_SECRET_KEY": NEW})
+    assert "warning" not in ok.stderr

@@ -294,3 +294,20 @@ def test_process_task_failure_event_carries_no_secret(
     result = celery_app.tasks["ihub.process_record"].apply(args=(1,))
     assert result.failed()
     assert secret not in repr(result.result) and secret not in result.traceback
+
+
+def test_worker_hub_learns_static_header_secrets(tmp_path: Path) -> None:
+    """A worker's Hub registers the config's header secrets: its logs and dead letters mask
+    them even though no token manager ever saw them."""
+    from pipeline.config import parse_config
+    from pipeline.hub import Hub
+    from pipeline.redaction import redact
+    from pipeline.settings import settings_from_env
+
+    header = fresh("hdr")
+    source = {"url": "https://api.example.com/items", "headers": {"X-Vendor": "${VENDOR}"}}
+    raw = {"integrations": {"items": {"source": source, "sink": {"table": "items"}}}}
+    config = parse_config(raw, file="x", env={"VENDOR": header})
+    assert header in redact(f"echoed {header}")  # nothing registered it yet
+    Hub(settings_from_env({"IHUB_HOME": str(tmp_path)}), config)
+    assert redact(f"echoed {header}") == f"echoed {MASK}"

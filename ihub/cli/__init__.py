@@ -73,7 +73,20 @@ def check(path: str) -> None:
     except ConfigError as exc:
         _fail(str(exc))
     click.echo(yaml.safe_dump(masked(config), sort_keys=False))
+    _warn_secret_key(config)
     click.echo(f"ok: {len(config.integrations)} integration(s) in {path}", err=True)
+
+
+def _warn_secret_key(config: Any) -> None:
+    """OAuth tokens will be stored: say now if IHUB_SECRET_KEY would be refused then."""
+    from pipeline.auth.crypto import check_key
+
+    if "'type': 'oauth2'" not in str(config.model_dump(mode="json")):
+        return
+    try:
+        check_key(os.environ.get("IHUB_SECRET_KEY"))
+    except ConfigError as exc:
+        click.echo(f"warning: {exc}", err=True)
 
 
 @main.group()

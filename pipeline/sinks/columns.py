@@ -78,6 +78,7 @@ class ColumnMap:
     def __init__(self, engine: Engine, table: str, key: str, max_columns: int) -> None:
         self.engine, self.table, self.key, self.max_columns = engine, table, key, max_columns
         self._owners: dict[str, tuple[str, str]] = {}  # folded column -> (column, field)
+        self._past_cap: set[str] = set()  # fields that found no room: never asked again
         self._lock = threading.Lock()
         self._meta = Table(
             COLUMNS_TABLE,
@@ -94,8 +95,10 @@ class ColumnMap:
         names = [str(k) for k in record]
         check_collisions(names)
         with self._lock:
-            if any(self._lookup(n) is None for n in names if not self._overflows(n)):
-                self._claim([n for n in names if not self._overflows(n)])
+            wanted = [n for n in names if not self._overflows(n)]
+            if any(self._lookup(n) is None for n in wanted):
+                self._claim(wanted)
+                self._past_cap.update(n for n in wanted if self._lookup(n) is None)
             layout = Layout()
             for name, value in zip(names, record.values(), strict=True):
                 owned = None if self._overflows(name) else self._lookup(name)
@@ -106,7 +109,7 @@ class ColumnMap:
             return layout
 
     def _overflows(self, name: str) -> bool:
-        return reserved(column_name(name))
+        return name in self._past_cap or reserved(column_name(name))
 
     def _lookup(self, name: str) -> str | None:
         """The column ``name`` owns; None when unclaimed; an error when another field owns it."""

@@ -311,3 +311,21 @@ def test_worker_hub_learns_static_header_secrets(tmp_path: Path) -> None:
     assert header in redact(f"echoed {header}")  # nothing registered it yet
     Hub(settings_from_env({"IHUB_HOME": str(tmp_path)}), config)
     assert redact(f"echoed {header}") == f"echoed {MASK}"
+
+
+def test_redrive_and_reconcile_failure_events_carry_no_secret(
+    celery_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The beat tasks hand Celery the same redacted error as the record tasks."""
+    from pipeline import sync
+
+    secret = fresh("tok")
+    monkeypatch.setattr("tasks.maintenance.hub", lambda: None)
+    monkeypatch.setattr("tasks.maintenance.dead_letter_spool", lambda app, settings: None)
+    monkeypatch.setattr("tasks.maintenance.process_queue_depth", lambda app: None)
+    monkeypatch.setattr(sync, "redrive", failing(secret))
+    monkeypatch.setattr(sync, "reconcile", failing(secret))
+    for name, args in (("ihub.redrive", ("items",)), ("ihub.reconcile", ())):
+        result = celery_app.tasks[name].apply(args=args)
+        assert result.failed(), name
+        assert secret not in repr(result.result) and secret not in result.traceback

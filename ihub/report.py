@@ -7,7 +7,6 @@ so that a test (or one page render) decides it once.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,18 +15,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from models import dashboard, deadletters, integrations, queue, runs
+from models.redaction import MASK, SECRET_NAME, redact
 from models.schema import IntegrationState, IntegrationStatus
-from pipeline.redaction import MASK, redact
 from pipeline.timefmt import from_version_string, utcnow
 from tasks.broker import redis_client
 
 QUEUES = ("ihub.fetch", "ihub.process")
 DEFAULT_HOURS = 24
 THROUGHPUT_HOURS = 3
-SECRET_KEYS = re.compile(
-    r"(?i)(pass(word|wd|phrase)?|secret|token|api[-_]?key|auth|credential|private[-_]?key|"
-    r"session|cookie|signature|ssn|iban|card[-_]?number|cvv)"
-)
+SECRET_KEYS = SECRET_NAME
 
 
 def collect_status(
@@ -198,36 +194,18 @@ def dead_letter(database_url: str, row_id: int) -> dict[str, Any] | None:
 
 def register_config_secrets(config_path: str) -> int:
     """Teach ``redact`` the secrets of the integration config (client secrets, passwords,
-    refresh tokens, secret-looking headers), so that a message or traceback that quotes one is
-    masked on the page; the workers register them the same way. Returns how many."""
-    from pydantic import BaseModel, SecretStr
-
-    from pipeline.config import load_config
+    refresh tokens, secret-looking or ``${VAR}`` headers and parameters, URL passwords), so
+    that a message or traceback that quotes one is masked; the workers' ``Hub`` registers them
+    the same way. Returns how many."""
+    from models.redaction import register_secret
+    from pipeline.config import load_config, secrets_of
     from pipeline.errors import ConfigError
-    from pipeline.redaction import register_secret
 
     try:
         config = load_config(config_path)
     except (ConfigError, OSError):
         return 0
-    found: list[str] = []
-
-    def walk(value: Any, key: str = "") -> None:
-        if isinstance(value, SecretStr):
-            found.append(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name), name)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, str(k))
-        elif isinstance(value, list | tuple):
-            for v in value:
-                walk(v, key)
-        elif isinstance(value, str) and SECRET_KEYS.search(key):
-            found.append(value)
-
-    walk(config)
+    found = secrets_of(config)
     for secret in found:
         register_secret(secret)
     return len(found)

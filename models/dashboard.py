@@ -17,6 +17,7 @@ from sqlalchemy import Select, and_, case, func, literal, literal_column, select
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
+from models.redaction import redact
 from models.schema import DeadLetter, FetchRun, RecordStatus, StagedRecord, Token
 
 S = RecordStatus
@@ -79,7 +80,7 @@ def tokens(database_url: str) -> list[dict[str, Any]]:
                 "refreshed_at": refreshed_at,
                 "refresh_count": int(refreshes or 0),
                 "failure_count": int(failures or 0),
-                "last_error": last_error,
+                "last_error": redact(last_error) if last_error else None,
             }
             for credential, expires_at, refreshed_at, refreshes, failures, last_error in (
                 session.execute(query)
@@ -243,7 +244,7 @@ def _error_dict(row: Any) -> dict[str, Any]:
         "record_id": row.record_id,
         "status": row.status,
         "error_class": row.error_class,
-        "message": row.message,
+        "message": redact(row.message or ""),
         "attempts": int(row.attempts),
     }
 
@@ -276,6 +277,7 @@ def dead_letters(
         items = [{**row._asdict(), "row_id": int(row.record_row_id)} for row in page]
     for item in items:
         del item["record_row_id"]
+        item["message"] = redact(item["message"] or "")
     return {"total": total, "items": items}
 
 

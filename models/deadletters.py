@@ -19,6 +19,7 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
+from models.redaction import redact
 from models.schema import DeadLetter, DeadLetterAction, DeadReason, RecordStatus, StagedRecord
 from models.values import utcnow
 
@@ -158,7 +159,7 @@ def show(database_url: str, row_id: int) -> dict[str, Any] | None:
             return None
         return {
             **as_dict(dead),
-            "traceback": dead.traceback,
+            "traceback": redact(dead.traceback) if dead.traceback else None,
             "payload": json.loads(row.payload),
             "status": row.status,
         }
@@ -172,7 +173,7 @@ def as_dict(dead: DeadLetter) -> dict[str, Any]:
         "version": dead.version,
         "error_class": dead.error_class,
         "reason": dead.reason,
-        "message": dead.message,
+        "message": redact(dead.message or ""),
         "attempts": dead.attempts,
         "worker": dead.worker,
         "first_failed_at": iso(dead.first_failed_at),

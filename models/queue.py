@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from models import deadletters
 from models.db import session_scope
+from models.redaction import redact
 from models.schema import RecordStatus, StagedRecord
 from models.values import SourceRecord, utcnow
 
@@ -210,7 +211,7 @@ def mark_retrying(database_url: str, row_id: int, error: BaseException, due_at: 
             .values(
                 status=S.RETRYING,
                 due_at=due_at,
-                last_error=str(error)[:2000],
+                last_error=redact(str(error))[:2000],
                 error_class=type(error).__name__,
             )
         )

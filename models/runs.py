@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from models.db import session_scope
+from models.redaction import redact
 from models.schema import FetchRun
 from models.values import utcnow
 
@@ -51,7 +52,7 @@ def _as_dict(run: FetchRun) -> dict[str, Any]:
         "pages": run.pages,
         "fetched": run.fetched,
         "staged": run.staged,
-        "error": run.error,
+        "error": redact(run.error) if run.error else None,
         "started_at": run.started_at.isoformat() + "Z" if run.started_at else None,
         "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
     }

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
+from models.redaction import redact
 from models.schema import Token
 from models.values import utcnow
 
@@ -44,6 +45,12 @@ class Cipher(Protocol):
     def encrypt(self, value: str | None) -> str | None: ...
 
     def decrypt(self, value: str | None) -> str | None: ...
+
+
+class RotatingCipher(Cipher, Protocol):
+    def current(self, value: str | None) -> bool:
+        """Whether ``value`` is already encrypted under the newest key."""
+        ...
 
 
 class TokenStore:
@@ -118,7 +125,27 @@ class LockedToken:
 
     def record_failure(self, reason: str) -> None:
         self._row.failure_count = (self._row.failure_count or 0) + 1
-        self._row.last_error = reason[:2000]
+        self._row.last_error = redact(reason)[:2000]
+
+
+def rewrap_all(database_url: str, cipher: RotatingCipher) -> int:
+    """Re-encrypt every stored token under the cipher's new key (``ihub auth rotate-key``);
+    how many rows changed. Each row under its lock, so a refresh running meanwhile either
+    wrote before (and is re-encrypted here) or writes after (under the new key already)."""
+    with session_scope(database_url) as session:
+        names = list(session.scalars(select(Token.credential).order_by(Token.credential)))
+    changed = 0
+    for name in names:
+        with session_scope(database_url) as session:
+            query = select(Token).where(Token.credential == name).with_for_update()
+            row = session.scalars(query).first()
+            values = (row.access_token, row.refresh_token) if row else (None, None)
+            if row is None or all(cipher.current(v) for v in values):
+                continue
+            row.access_token = cipher.encrypt(cipher.decrypt(row.access_token))
+            row.refresh_token = cipher.encrypt(cipher.decrypt(row.refresh_token))
+            changed += 1
+    return changed
 
 
 def token_health(database_url: str) -> list[dict[str, object]]:
@@ -133,7 +160,7 @@ def token_health(database_url: str) -> list[dict[str, object]]:
                 else None,
                 "refresh_count": row.refresh_count or 0,
                 "failure_count": row.failure_count or 0,
-                "last_error": row.last_error,
+                "last_error": redact(row.last_error) if row.last_error else None,
                 "has_refresh_token": row.refresh_token is not None,
             }
             for row in rows

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     SecretStr,
     Tag,
     ValidationError,
@@ -137,12 +138,26 @@ class SqlSinkConfig(Strict):
     table: str
     key: str = "id"
     url: str | None = Field(None, description="target database; default: IHUB_DATABASE_URL")
+    max_columns: int = Field(
+        200, ge=1, le=1500, description="columns the source's fields may add; then _ihub_extra"
+    )
 
     @field_validator("table")
     @classmethod
     def _identifier(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
             raise ValueError(f"expected a SQL identifier (letters, digits, _), got {value!r}")
+        if re.match(r"(?i)_?ihub_|alembic_version$", value):
+            raise ValueError(f"{value!r} is a name of ihub's own tables (ihub_*, _ihub_*)")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key_column(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+            raise ValueError(f"expected a column name (letters, digits, _), got {value!r}")
+        if value.lower().startswith("_ihub_"):
+            raise ValueError(f"{value!r}: names starting with _ihub_ are ihub's own columns")
         return value
 
 
@@ -254,6 +269,8 @@ def _check_cron(text: str) -> None:
 class HubConfig(Strict):
     integrations: dict[str, IntegrationConfig]
     source_file: str = ""
+    # key path -> the values ${VAR} put there (for masking; never dumped)
+    _substituted: dict[str, list[str]] = PrivateAttr(default_factory=dict)
 
     def get(self, name: str) -> IntegrationConfig:
         try:
@@ -281,7 +298,8 @@ def parse_config(raw: Any, *, file: str, env: Any) -> HubConfig:
     if not isinstance(raw, dict) or "integrations" not in raw:
         raise ConfigError(f"{file}: expected a mapping with a top-level 'integrations' key")
     problems: list[str] = []
-    data = _substitute(raw, env, file, "", problems)
+    substituted: dict[str, list[str]] = {}
+    data = _substitute(raw, env, file, "", problems, substituted)
     integrations = data.get("integrations")
     if isinstance(integrations, dict):
         for name, body in integrations.items():
@@ -299,23 +317,29 @@ def parse_config(raw: Any, *, file: str, env: Any) -> HubConfig:
         config = None
     if problems or config is None:
         raise ConfigError(f"{file}: invalid configuration", problems)
+    config._substituted = substituted
     return config
 
 
-def _substitute(node: Any, env: Any, file: str, key: str, problems: list[str]) -> Any:
+def _substitute(
+    node: Any, env: Any, file: str, key: str, problems: list[str], used: dict[str, list[str]]
+) -> Any:
     if isinstance(node, dict):
         return {
-            k: _substitute(v, env, file, f"{key}.{k}" if key else str(k), problems)
+            k: _substitute(v, env, file, f"{key}.{k}" if key else str(k), problems, used)
             for k, v in node.items()
         }
     if isinstance(node, list):
-        return [_substitute(v, env, file, f"{key}[{i}]", problems) for i, v in enumerate(node)]
+        return [
+            _substitute(v, env, file, f"{key}[{i}]", problems, used) for i, v in enumerate(node)
+        ]
     if not isinstance(node, str):
         return node
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in env:
+            used.setdefault(key, []).append(str(env[name]))
             return str(env[name])
         if default is not None:
             return default
@@ -342,5 +366,16 @@ def _is_union_tag(part: object) -> bool:
 
 
 def masked(config: HubConfig) -> dict[str, Any]:
-    """The effective config as plain data with every secret shown as ********."""
-    return config.model_dump(mode="json", exclude={"source_file"})
+    """The effective config as plain data with every secret shown as ******** (typed secrets,
+    secret-named headers/params/extra_params, ``${VAR}`` values, URL passwords)."""
+    from pipeline.masking import mask_config
+
+    data = config.model_dump(mode="json", exclude={"source_file"})
+    return dict(mask_config(data, config._substituted))
+
+
+def secrets_of(config: HubConfig) -> list[str]:
+    """Every value of ``config`` that ``redact`` must mask (see ``pipeline.masking``)."""
+    from pipeline.masking import config_secrets
+
+    return config_secrets(config, config._substituted)

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import email.utils
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
+
+from models.redaction import redact, strip_urls
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -97,7 +100,7 @@ def classify_response(response: requests.Response, *, what: str) -> IhubError | 
     status = response.status_code
     if status < 400:
         return None
-    snippet = (response.text or "")[:200].replace("\n", " ")
+    snippet = redact((response.text or "")[:200].replace("\n", " "))
     message = f"{what}: HTTP {status} from {_safe_url(response)}: {snippet}"
     if status in TRANSIENT_STATUS or status >= 500:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -115,9 +118,30 @@ def classify_exception(exc: BaseException, *, what: str) -> IhubError:
 
 
 def _safe_url(response: requests.Response) -> str:
-    url = response.url or ""
-    return url.split("?", 1)[0]
+    """The URL without its query and without any user:password."""
+    parts = urlsplit(response.url or "")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _short(exc: BaseException) -> str:
-    return str(exc)[:300]
+    """The exception's text without URL queries or userinfo, and with known secrets masked."""
+    return redact(strip_urls(str(exc)))[:300]
+
+
+def redacted_error(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` safe to hand to Celery (task-failed/-retried events, Flower): the
+    message redacted, no chained cause (its text would travel with the traceback).
+
+    ihub's own errors keep their class; any other becomes ``IhubError("Type: message")``, which
+    also survives the pickle round trip that a foreign exception may not (PITFALLS 17)."""
+    clean = redact(str(exc))
+    if isinstance(exc, TransientError):
+        return TransientError(clean, exc.retry_after)
+    if isinstance(exc, PermanentError):
+        return PermanentError(clean)
+    if isinstance(exc, ReauthRequired):
+        return ReauthRequired(exc.integration, redact(exc.reason))
+    if isinstance(exc, ConfigError):
+        return ConfigError(redact(exc.message), [redact(p) for p in exc.problems])
+    return IhubError(f"{type(exc).__name__}: {clean}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import requests
 
 from models import integrations
+from models.redaction import register_secret
 from models.tokens import TokenStore
 from pipeline import classify
 from pipeline.auth.crypto import TokenCipher
@@ -20,6 +21,7 @@ from pipeline.config import (
     OAuth2Config,
     RestSinkConfig,
     load_config,
+    secrets_of,
 )
 from pipeline.settings import Settings, settings_from_env
 from pipeline.sinks import RestSink, Sink, SqlSink
@@ -37,6 +39,11 @@ class Hub:
     _sinks: dict[str, Sink] = field(default_factory=dict)
     _tokens: dict[str, TokenManager] = field(default_factory=dict)
     _pause_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Static headers, parameters and URL passwords are masked in this process's logs."""
+        for secret in secrets_of(self.config):
+            register_secret(secret)
 
     @classmethod
     def from_env(cls) -> Hub:
@@ -65,7 +72,8 @@ class Hub:
         """One manager per credential: ``NAME:source`` and ``NAME:sink`` are separate rows."""
         credential = credential_name(name, side)
         if credential not in self._tokens:
-            store = TokenStore(self.database_url, credential, TokenCipher(self.settings.secret_key))
+            cipher = TokenCipher.from_settings(self.settings)
+            store = TokenStore(self.database_url, credential, cipher)
             self._tokens[credential] = TokenManager(name, config, store)
         return self._tokens[credential]
 
@@ -80,7 +88,9 @@ class Hub:
                 self._classify(name, self._sinks[name].session, "sink")
             else:
                 url = config.url or self.database_url
-                self._sinks[name] = SqlSink(url, config.table, config.key)
+                self._sinks[name] = SqlSink(
+                    url, config.table, config.key, max_columns=config.max_columns
+                )
         return self._sinks[name]
 
     def _classify(self, name: str, session: requests.Session, side: str) -> None:

@@ -12,8 +12,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
+from pipeline.auth.crypto import old_keys_from
 from pipeline.errors import ConfigError
 
 PREFIX = "IHUB_"
@@ -30,6 +39,9 @@ class Settings(BaseModel):
     broker_prefix: str = Field("", description="key prefix for every broker key")
     config_path: str = Field("integrations.yaml", description="integration definitions")
     secret_key: str | None = Field(None, repr=False, description="encrypts tokens at rest")
+    secret_key_old: tuple[str, ...] = Field(
+        (), repr=False, description="previous keys, comma-separated, read during a rotation"
+    )
     reconcile_after: PositiveFloat = Field(300.0, description="seconds before a row is lost")
     process_time_limit: PositiveFloat = Field(300.0, description="hard limit of one record task")
     fetch_time_limit: PositiveFloat = Field(1800.0, description="hard limit of one fetch run")
@@ -42,6 +54,11 @@ class Settings(BaseModel):
     flower_basic_auth: str = Field("", repr=False, description="user:password for Flower")
     flower_url: str | None = Field(None, description="link from the status page to Flower")
     actor: str | None = Field(None, description="who runs a CLI action, for the action log")
+
+    @field_validator("secret_key_old", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return tuple(old_keys_from(value)) if isinstance(value, str) else value
 
     @property
     def embedded_broker(self) -> bool:

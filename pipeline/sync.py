@@ -15,6 +15,7 @@ from datetime import UTC, timedelta
 
 from models import deadletters, integrations, leases, queue, runs
 from models.db import session_scope
+from models.redaction import redact
 from models.schema import FetchRun, IntegrationStatus
 from pipeline import transform
 from pipeline.delta import Watermark, advance, is_deletion, lower_bound, settle
@@ -72,7 +73,8 @@ def fetch_delta(
         log.warning("%s: paused, re-authorisation required: %s", name, exc.reason)
         return FetchResult("paused", run_id)
     except Exception as exc:
-        runs.finish(url, run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        error = redact(f"{type(exc).__name__}: {exc}")[:2000]
+        runs.finish(url, run_id, status="failed", error=error)
         integrations.mark_fetch(url, name, success=False)
         raise
     finally:
@@ -297,6 +299,7 @@ def _bury(
 ) -> None:
     """Dead-letter the row; with the database out, spool the verdict instead (exactly one
     letter either way: the replay and any later death upsert the same row)."""
+    message, trace = redact(message), redact(trace) if trace else None
     death = SpooledDeath(row_id, delivery.token, error_class, message, trace, delivery.worker)
     try:
         bury_spooled(url, death)

@@ -9,9 +9,9 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from models.db import dispose_all
+from models.redaction import install_redaction
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.redaction import install_redaction
 from pipeline.settings import Settings, settings_from_env
 from tasks import context
 from tasks.broker import embedded_broker_url

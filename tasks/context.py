@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
+from pipeline.errors import redacted_error
 from pipeline.hub import Hub
+
+log = logging.getLogger(__name__)
 
 _hub: tuple[int, Hub] | None = None
 
@@ -19,3 +23,11 @@ def hub() -> Hub:
 def reset() -> None:
     global _hub
     _hub = None
+
+
+def leaving(exc: BaseException, what: str) -> BaseException:
+    """The exception to hand to Celery instead of ``exc``: its task-failed and task-retried
+    events (what Flower shows) carry the exception's text and traceback, unfiltered by our
+    logging. The original goes to this worker's log first, through the redacting filter."""
+    log.error("%s: %s", what, type(exc).__name__, exc_info=exc)
+    return redacted_error(exc)

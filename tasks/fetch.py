@@ -7,10 +7,10 @@ from typing import Any
 from celery import Celery, Task
 
 from pipeline import sync
-from pipeline.errors import TransientError
+from pipeline.errors import TransientError, redacted_error
 from pipeline.retry import backoff_seconds
 from pipeline.settings import Settings
-from tasks.context import hub
+from tasks.context import hub, leaving
 from tasks.records import publish_records
 
 
@@ -34,12 +34,18 @@ def register(app: Celery, settings: Settings) -> None:
                 owner=self.request.id or "fetch",
             )
         except TransientError as exc:
-            policy = engine.integration(integration).retry
-            countdown = backoff_seconds(
-                self.request.retries + 1,
-                base=policy.backoff,
-                cap=policy.backoff_max,
-                retry_after=exc.retry_after,
-            )
-            raise self.retry(countdown=countdown, max_retries=policy.max_retries, exc=exc) from None
-        return {"status": result.status, "run_id": result.run_id, "staged": result.staged}
+            transient = redacted_error(exc)
+        except Exception as exc:
+            raise leaving(exc, f"fetch {integration}") from None
+        else:
+            return {"status": result.status, "run_id": result.run_id, "staged": result.staged}
+        # Outside the except block: Celery chains the exception being handled to the one it
+        # raises when retries are spent, and that chain would carry the unredacted text.
+        policy = engine.integration(integration).retry
+        countdown = backoff_seconds(
+            self.request.retries + 1,
+            base=policy.backoff,
+            cap=policy.backoff_max,
+            retry_after=getattr(transient, "retry_after", None),
+        )
+        raise self.retry(countdown=countdown, max_retries=policy.max_retries, exc=transient)

@@ -11,7 +11,7 @@ from celeryconfig import PROCESS_QUEUE
 from pipeline import sync
 from pipeline.settings import Settings
 from tasks.broker import redis_client
-from tasks.context import hub
+from tasks.context import hub, leaving
 from tasks.records import dead_letter_spool, publish_records
 
 # Both run on the fetch queue; a run republishes at most 5,000 rows, seconds of work.
@@ -34,7 +34,10 @@ def register(app: Celery, settings: Settings) -> None:
     )
     def reconcile() -> int:
         spool = dead_letter_spool(app, settings)
-        return sync.reconcile(hub(), publish, spool, queue_depth=process_queue_depth(app))
+        try:
+            return sync.reconcile(hub(), publish, spool, queue_depth=process_queue_depth(app))
+        except Exception as exc:
+            raise leaving(exc, "reconcile") from None
 
     @app.task(
         name="ihub.redrive",
@@ -45,7 +48,10 @@ def register(app: Celery, settings: Settings) -> None:
         soft_time_limit=limit * 0.9,
     )
     def redrive(integration: str) -> int:
-        return len(sync.redrive(hub(), integration, publish).row_ids)
+        try:
+            return len(sync.redrive(hub(), integration, publish).row_ids)
+        except Exception as exc:
+            raise leaving(exc, f"redrive {integration}") from None
 
 
 def process_queue_depth(app: Celery) -> int | None:

@@ -8,12 +8,12 @@ from typing import Any
 from celery import Celery, Task
 
 from pipeline import sync
-from pipeline.errors import TransientError
+from pipeline.errors import TransientError, redacted_error
 from pipeline.retry import backoff_seconds
 from pipeline.settings import Settings
 from pipeline.spool import KEY, Spool, is_database_outage
 from tasks.broker import redis_client
-from tasks.context import hub
+from tasks.context import hub, leaving
 
 # A database outage is retried by Celery on its own budget: about 25 minutes at 30 s apart;
 # past that the message is dropped and the reconciler republishes the row from the database.
@@ -45,17 +45,21 @@ def register(app: Celery, settings: Settings) -> None:
             outcome = sync.process_record(hub(), int(row_id), delivery=delivery)
         except Exception as exc:
             if not is_database_outage(exc):
-                raise
+                raise leaving(exc, f"process row {row_id}") from None
+            outage = TransientError(f"database unavailable: {type(exc).__name__}")
+        else:
+            outage = None
+        if outage is not None:  # retried outside the except block: no chained original text
             # Every state change is one transaction, so nothing is half-written: run it again
             # later under the same task id, which takes the row back without counting a crash.
             countdown = backoff_seconds(request.retries + 1, base=1.0, cap=DATABASE_BACKOFF_MAX)
-            error = TransientError(f"database unavailable: {type(exc).__name__}")
-            raise self.retry(countdown=countdown, max_retries=DATABASE_RETRIES, exc=error) from None
+            raise self.retry(countdown=countdown, max_retries=DATABASE_RETRIES, exc=outage)
         if outcome.status == "retry":
             # Celery's retry publishes a new message with our backoff as its countdown; the row
             # is already marked retrying with a deadline, so a retry whose publish fails (Celery
             # then drops the message) is republished by the reconciler.
-            raise self.retry(countdown=outcome.countdown, max_retries=None, exc=outcome.error)
+            error = redacted_error(outcome.error) if outcome.error else None
+            raise self.retry(countdown=outcome.countdown, max_retries=None, exc=error)
         return outcome.status
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from ihub.demo.source import DemoSource, DemoSourceOptions
 from models.db import get_engine
+from models.redaction import RedactingFilter, install_redaction
 from models.tokens import TokenStore
 from pipeline.auth.crypto import TokenCipher
 from pipeline.auth.grants import request_token
@@ -32,10 +33,9 @@ from pipeline.auth.manager import TRANSIENT_TRIES, TokenManager
 from pipeline.auth.requests_auth import OAuth2Auth
 from pipeline.config import OAuth2Config
 from pipeline.errors import ConfigError, ReauthRequired, TransientError
-from pipeline.redaction import RedactingFilter, install_redaction
 from pipeline.settings import settings_from_env
 
-KEY = "test-key"
+KEY = "test-key-0123456789-abcdefghijklmnopqrstuv"
 NAME = "incidents"
 CRED = f"{NAME}:source"
 SEED = "seed-refresh-token-0123456789"
@@ -486,7 +486,9 @@ def test_tokens_are_encrypted_at_rest(make_source: Factory, db_url: str) -> None
     assert stored.refresh_token not in raw
     assert SEED not in raw
     with pytest.raises(ConfigError, match="IHUB_SECRET_KEY differs"):
-        make_manager(db_url, seeded(source), key="another-key").access_token()
+        make_manager(
+            db_url, seeded(source), key="another-key-0123456789-abcdefghijklmnopq"
+        ).access_token()
 
 
 @pytest.mark.parametrize("key", [None, ""])

@@ -28,7 +28,9 @@ def hub_for(tmp_path: Path, url: str, source: DemoSource, refresh_token: str) ->
         source.options.client_secret,
         source={**_source(source), "auth": auth},
     )
-    settings = settings_from_env({"IHUB_DATABASE_URL": url, "IHUB_SECRET_KEY": "k"})
+    settings = settings_from_env(
+        {"IHUB_DATABASE_URL": url, "IHUB_SECRET_KEY": "test-key-0123456789-abcdefghijklmnopqrstuv"}
+    )
     return Hub(settings, load_config(path))
 
 

@@ -28,7 +28,9 @@ def sink(target: DemoTarget, sqlite_url: str) -> RestSink:
     auth = OAuth2Config(
         token_url=target.token_url, client_id="t", client_secret=SecretStr("t-secret")
     )
-    store = TokenStore(sqlite_url, "x:sink", TokenCipher("k"))
+    store = TokenStore(
+        sqlite_url, "x:sink", TokenCipher("test-key-0123456789-abcdefghijklmnopqrstuv")
+    )
     config = RestSinkConfig(type="rest", url=target.items_url, method="POST", auth=auth)
     sink = RestSink("x", config, OAuth2Auth(TokenManager("x", auth, store)))
     yield sink

@@ -54,7 +54,7 @@ def service_env(tmp_path: Path, config: Path, database_url: str, broker_url: str
         "IHUB_CONFIG": str(config),
         "IHUB_DATABASE_URL": database_url,
         "IHUB_BROKER_URL": broker_url,
-        "IHUB_SECRET_KEY": "test-secret-key",
+        "IHUB_SECRET_KEY": "test-secret-key-0123456789-abcdefghijklmnop",
         "IHUB_RECONCILE_AFTER": "20",
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -38,10 +39,21 @@ def main() -> None:
     """ihub: keep a target in step with an OAuth 2.0 REST API, on Celery."""
     import logging
 
-    from pipeline.redaction import install_redaction
+    from models.redaction import install_redaction
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     install_redaction()
+    _learn_config_secrets()
+
+
+def _learn_config_secrets() -> None:
+    """What the config holds (headers, URL passwords...) is masked in whatever a command
+    prints from the database: dead letters, run errors, token failures."""
+    from ihub.report import register_config_secrets
+
+    # a broken environment is reported by the command that needs it
+    with contextlib.suppress(ConfigError):
+        register_config_secrets(_settings().config_path)
 
 
 @main.command()
@@ -64,7 +76,20 @@ def check(path: str) -> None:
     except ConfigError as exc:
         _fail(str(exc))
     click.echo(yaml.safe_dump(masked(config), sort_keys=False))
+    _warn_secret_key(config)
     click.echo(f"ok: {len(config.integrations)} integration(s) in {path}", err=True)
+
+
+def _warn_secret_key(config: Any) -> None:
+    """OAuth tokens will be stored: say now if IHUB_SECRET_KEY would be refused then."""
+    from pipeline.auth.crypto import check_key
+
+    if "'type': 'oauth2'" not in str(config.model_dump(mode="json")):
+        return
+    try:
+        check_key(os.environ.get("IHUB_SECRET_KEY"))
+    except ConfigError as exc:
+        click.echo(f"warning: {exc}", err=True)
 
 
 @main.group()

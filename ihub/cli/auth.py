@@ -32,7 +32,7 @@ def auth_set(name: str, refresh_token: str, side: str) -> None:
 
     settings = settings_from_env()
     credential = credential_name(name, side)
-    store = TokenStore(settings.database_url, credential, TokenCipher(settings.secret_key))
+    store = TokenStore(settings.database_url, credential, TokenCipher.from_settings(settings))
     with store.locked() as locked:
         current = locked.current
         fresh = StoredToken(refresh_token=refresh_token.strip(), seed_hash=current.seed_hash)
@@ -56,6 +56,25 @@ def _resume(name: str) -> int:
 
     app = get_app()
     return sync.resume(Hub.from_env(), name, lambda ids: publish_records(app, ids))
+
+
+@auth.command("rotate-key")
+def auth_rotate_key() -> None:
+    """Re-encrypt every stored token under IHUB_SECRET_KEY, reading with IHUB_SECRET_KEY_OLD.
+
+    Then IHUB_SECRET_KEY_OLD can be removed from every worker."""
+    from models.tokens import rewrap_all
+    from pipeline.auth.crypto import TokenCipher
+    from pipeline.errors import ConfigError
+    from pipeline.settings import settings_from_env
+
+    settings = settings_from_env()
+    try:
+        changed = rewrap_all(settings.database_url, TokenCipher.from_settings(settings))
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    click.echo(f"{changed} credential(s) re-encrypted under IHUB_SECRET_KEY")
 
 
 @auth.command("status")

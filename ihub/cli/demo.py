@@ -27,7 +27,7 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     """Start a demo OAuth 2.0 source, a worker, beat and the status page, and sync."""
     from ihub.demo.source import DemoSource, DemoSourceOptions
 
-    page_options = _page_options()  # a bad IHUB_WEB_* fails here, before anything starts
+    page_options = _page_options()  # a bad status-page setting fails here, before anything starts
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     from pipeline.settings import settings_from_env
 

@@ -14,11 +14,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from models.redaction import register_secret
 from models.tokens import LockedToken, StoredToken, TokenStore
 from pipeline.auth.grants import expires_at_from, request_token
 from pipeline.config import OAuth2Config
 from pipeline.errors import ReauthRequired, TransientError
-from pipeline.redaction import register_secret
 from pipeline.retry import backoff_seconds
 
 log = logging.getLogger(__name__)

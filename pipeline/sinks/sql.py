@@ -3,7 +3,10 @@
 ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE table._ihub_version < excluded._ihub_version``
 on Postgres and SQLite alike: a replay changes nothing, an older version never overwrites a
 newer one. The table is created from the first record's top-level fields (nested values as
-JSON), and a field seen later adds a column.
+JSON), and a field seen later adds a column: which column, and whether a field may have one at
+all, is decided in ``pipeline.sinks.columns`` (collisions refused, ihub's names reserved, a cap
+past which fields go to one JSON column). A DDL error is never swallowed: only a table or column
+that another worker created just now is accepted in its place.
 
 Deletions are versioned writes too: ``mark`` sets ``_ihub_deleted`` on the row (the guard as
 above); ``delete`` removes it and keeps the version in ``_ihub_tombstones``, which the upserts of
@@ -36,6 +39,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.db import get_engine
 from pipeline.errors import PermanentError, TransientError
+from pipeline.sinks.columns import DEFAULT_MAX_COLUMNS, EXTRA_COLUMN, ColumnMap
 
 VERSION_COLUMN = "_ihub_version"
 SYNCED_COLUMN = "_ihub_synced_at"
@@ -44,12 +48,16 @@ TOMBSTONE_TABLE = "_ihub_tombstones"  # with deletes: {action: delete}
 
 
 class SqlSink:
-    def __init__(self, database_url: str, table: str, key: str) -> None:
+    def __init__(
+        self, database_url: str, table: str, key: str, *, max_columns: int = DEFAULT_MAX_COLUMNS
+    ) -> None:
         self.database_url = database_url
         self.table_name = table
         self.key = key
+        self.max_columns = max_columns
         self._table: Table | None = None
         self._tombstones: Table | None = None
+        self._columns: ColumnMap | None = None
         self._lock = threading.Lock()
 
     @property
@@ -63,14 +71,19 @@ class SqlSink:
         (``_ihub_deleted`` false, which revives a row deleted before); with ``delete`` a
         tombstone of the same or a newer version keeps an older write from bringing it back.
         """
+        return self._write(record, version, deletes=deletes, deleted=False)
+
+    def _write(
+        self, record: dict[str, Any], version: str, *, deletes: str | None, deleted: bool
+    ) -> bool:
         if self.key not in record:
             raise PermanentError(f"sink {self.table_name}: record has no key field {self.key!r}")
-        row = {_column(k): _value(v) for k, v in record.items()}
-        row[self.key] = str(record[self.key])
-        row[VERSION_COLUMN] = version
-        if deletes == "mark":
-            row[DELETED_COLUMN] = False
         with self._errors():
+            row = self._row(record)
+            row[self.key] = str(record[self.key])
+            row[VERSION_COLUMN] = version
+            if deletes == "mark" or deleted:
+                row[DELETED_COLUMN] = deleted
             if deletes == "delete":
                 self._ensure_tombstones()
             table = self._ensure(row)
@@ -84,7 +97,7 @@ class SqlSink:
         """Apply a deletion of ``version``: mark the row (``_ihub_deleted`` true, the other
         columns kept) or delete it, in either case only over an older version."""
         if action == "mark":
-            return self.upsert({self.key: key, DELETED_COLUMN: True}, version)
+            return self._write({self.key: key}, version, deletes=None, deleted=True)
         with self._errors():
             tombstones = self._ensure_tombstones()
             with self.engine.begin() as connection:
@@ -108,6 +121,19 @@ class SqlSink:
                     {"key": key, "version": version},
                 )
                 return bool(result.rowcount)
+
+    def _row(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Column values of ``record``; the fields without a column as one JSON object."""
+        if self._columns is None:
+            self._columns = ColumnMap(self.engine, self.table_name, self.key, self.max_columns)
+        try:
+            layout = self._columns.layout(record)
+        except PermanentError as exc:
+            raise PermanentError(f"sink {self.table_name}: {exc}") from None
+        row = {column: _value(value) for column, value in layout.columns.items()}
+        if layout.extra:
+            row[EXTRA_COLUMN] = json.dumps(layout.extra, sort_keys=True, default=str)
+        return row
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -135,8 +161,7 @@ class SqlSink:
                 Column("key", Text, primary_key=True),
                 Column("version", Text, nullable=False),
             )
-            with contextlib.suppress(DBAPIError):  # another worker created it just now
-                table.create(self.engine, checkfirst=True)
+            _create(self.engine, table)
             self._tombstones = table
         return self._tombstones
 
@@ -186,19 +211,27 @@ class SqlSink:
             columns += [
                 Column(n, _sql_type(v))
                 for n, v in row.items()
-                if n not in (self.key, VERSION_COLUMN)
+                if n not in (self.key, VERSION_COLUMN, SYNCED_COLUMN)
             ]
-            # another worker may create it first: reflect below either way
-            with contextlib.suppress(DBAPIError):
-                Table(self.table_name, MetaData(), *columns).create(engine)
+            _create(engine, Table(self.table_name, MetaData(), *columns))
         table = Table(self.table_name, MetaData(), autoload_with=engine)
         missing = [n for n in row if n not in table.c]
         for name in missing:
-            type_sql = _sql_type(row[name])().compile(dialect=engine.dialect)
-            statement = f'ALTER TABLE "{self.table_name}" ADD COLUMN "{name}" {type_sql}'
-            with contextlib.suppress(DBAPIError), engine.begin() as connection:
-                connection.execute(text(statement))  # or another worker added it just now
+            self._add_column(name, row[name])
         return Table(self.table_name, MetaData(), autoload_with=engine) if missing else table
+
+    def _add_column(self, name: str, value: Any) -> None:
+        """ALTER TABLE ... ADD COLUMN; a failure stands unless another worker added it."""
+        engine = self.engine
+        type_sql = _sql_type(value)().compile(dialect=engine.dialect)
+        statement = f'ALTER TABLE "{self.table_name}" ADD COLUMN "{name}" {type_sql}'
+        try:
+            with engine.begin() as connection:
+                connection.execute(text(statement))
+        except DBAPIError as exc:
+            present = {c["name"] for c in inspect(engine).get_columns(self.table_name)}
+            if name not in present:
+                raise _ddl_error(self.table_name, statement, exc) from None
 
     def count(self) -> int:
         with self.engine.connect() as connection:
@@ -207,9 +240,22 @@ class SqlSink:
             )
 
 
-def _column(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in str(name))
-    return cleaned[:63] or "_"
+def _create(engine: Engine, table: Table) -> None:
+    """CREATE TABLE; a failure stands unless another worker created the table just now."""
+    try:
+        table.create(engine, checkfirst=True)
+    except DBAPIError as exc:
+        if not inspect(engine).has_table(table.name):
+            raise _ddl_error(table.name, f'CREATE TABLE "{table.name}"', exc) from None
+
+
+def _ddl_error(table: str, statement: str, exc: DBAPIError) -> Exception:
+    """A refused DDL statement is permanent for the record (the schema will not change by
+    itself); a lost connection or a lock timeout stays what it was, and is retried."""
+    text_of = str(exc.orig).lower()
+    if exc.connection_invalidated or "locked" in text_of or "timeout" in text_of:
+        return exc
+    return PermanentError(f"sink {table}: {statement} failed: {exc.orig}")
 
 
 def _value(value: Any) -> Any:

@@ -107,14 +107,19 @@ def stage_dead(
     payload: Any,
     reason: str,
 ) -> None:
-    """A record that cannot even be parsed: staged straight into the dead letters."""
+    """A record that cannot even be parsed: staged straight into the dead letters.
+
+    Whatever the source sent, this insert cannot fail: the id is escaped and cut to the
+    column's width, the reason escaped, and a payload that cannot be serialised is replaced by
+    a note saying so (a record rejected for its id or its depth must not fail its page)."""
     now = utcnow()
+    reason = storable_text(reason)
     row = StagedRecord(
         integration=integration,
-        record_id=record_id,
+        record_id=storable_id(record_id),
         version=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         digest="",
-        payload=json.dumps(payload, default=str),
+        payload=_storable_payload(payload),
         status=S.DEAD,
         attempts=0,
         deliveries=0,
@@ -126,6 +131,36 @@ def stage_dead(
     session.add(row)
     session.flush()
     _upsert_dead_letter(session, row, "PermanentError", reason, None, None)
+
+
+RECORD_ID_WIDTH = StagedRecord.__table__.c.record_id.type.length or 255
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what Postgres refuses in a text column (NUL, lone surrogates) escaped."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
+
+
+def storable_id(record_id: str) -> str:
+    """An id that fits the column: control characters escaped; a long one cut, with a digest
+    of the whole so two long ids that share a prefix stay apart."""
+    escaped = "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in str(record_id)
+    )
+    escaped = storable_text(escaped)
+    if len(escaped) <= RECORD_ID_WIDTH:
+        return escaped
+    digest = hashlib.sha256(str(record_id).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{escaped[: RECORD_ID_WIDTH - 20]}...#{digest}"
+
+
+def _storable_payload(payload: Any) -> str:
+    try:
+        return json.dumps(payload, default=str)  # ASCII: escapes NUL and surrogates
+    except (RecursionError, ValueError, TypeError) as exc:
+        return json.dumps({"ihub_unstorable_payload": type(exc).__name__})
 
 
 @dataclass(frozen=True)

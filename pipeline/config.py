@@ -32,7 +32,9 @@ from pipeline.config_sources import (
     DeltaConfig,
     KeysetPagination,
     PaginationConfig,
+    SourceLimits,
     TransformConfig,
+    host_entry,
     http_url,
 )
 from pipeline.errors import ConfigError
@@ -96,11 +98,21 @@ class SourceConfig(Strict):
     rate_limit: float | None = Field(None, gt=0, description="requests a second, all workers")
     rate_burst: int = Field(1, ge=1)
     deletes: DeletesConfig | None = None
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="other hosts (host or host:port) a next-page URL may lead to, same scheme",
+    )
+    limits: SourceLimits = Field(default_factory=SourceLimits)
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         return http_url(value)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [host_entry(entry) for entry in value]
 
     @model_validator(mode="before")
     @classmethod

@@ -133,7 +133,7 @@ def stage_dead(
     _upsert_dead_letter(session, row, "PermanentError", reason, None, None)
 
 
-RECORD_ID_WIDTH = StagedRecord.__table__.c.record_id.type.length or 255
+RECORD_ID_WIDTH: int = getattr(StagedRecord.__table__.c.record_id.type, "length", None) or 255
 
 
 def storable_text(text: str) -> str:

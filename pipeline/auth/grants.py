@@ -173,7 +173,7 @@ def _secure_or_allowed_loopback(uri: str) -> bool:
 def _install_transport_check() -> None:
     """requests-oauthlib checks the token URL with a module-level function: ours replaces it
     (idempotent). It ignores ``OAUTHLIB_INSECURE_TRANSPORT``, so no setting can reopen http."""
-    oauth2_session.is_secure_transport = _secure_or_allowed_loopback  # type: ignore[attr-defined]
+    oauth2_session.is_secure_transport = _secure_or_allowed_loopback
 
 
 def expires_at_from(token: dict[str, Any], *, now: float, default_expires_in: float) -> float:

@@ -91,8 +91,8 @@ class PinnedSession(requests.Session):
     def rebuild_auth(
         self, prepared_request: requests.PreparedRequest, response: requests.Response
     ) -> None:
-        super().rebuild_auth(prepared_request, response)
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
         old, new = response.request.url or "", prepared_request.url or ""
-        if self.should_strip_auth(old, new):
+        if self.should_strip_auth(old, new):  # type: ignore[no-untyped-call]
             for name in self.static_names:
                 prepared_request.headers.pop(name, None)

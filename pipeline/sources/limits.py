@@ -72,7 +72,7 @@ def cap_error_body(response: requests.Response, limit: int = 4096) -> None:
     finally:
         response.close()
     response._content = head  # what .text and .json() read from now on
-    response._content_consumed = True
+    response._content_consumed = True  # type: ignore[attr-defined]
 
 
 def _too_large(what: str, how: str, limit: int) -> str:

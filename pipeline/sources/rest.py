@@ -137,7 +137,7 @@ class RestSource:
         return items
 
     def _page(self, items: list[Any]) -> tuple[Page, list[Watermark | None]]:
-        page, keys = Page(), []
+        page, keys = Page(), list[Watermark | None]()
         for item in items:
             try:
                 record = self.parse(item)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ from models.db import get_engine, session_scope
 from models.schema import RecordStatus, StagedRecord
 from pipeline import sync
 from pipeline.config import SourceConfig, parse_config
-from pipeline.errors import PermanentError
+from pipeline.errors import PermanentError, TransientError
 from pipeline.hub import Hub
 from pipeline.settings import settings_from_env
 from pipeline.sources.rest import RestSource
@@ -285,3 +286,50 @@ def test_a_declared_oversize_body_is_refused_before_reading() -> None:
         )
         with pytest.raises(PermanentError, match="declares 1,000,000,000,000 bytes"):
             list(RestSource("d", config).pages(None))
+
+
+def gzip_bomb(decoded: int) -> Iterator[bytes]:
+    """``decoded`` bytes of JSON once inflated, about a thousandth of that on the wire."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    yield packer.compress(b'{"data": "')
+    block = b"0" * (1024 * 1024)
+    for _ in range(decoded // len(block)):
+        yield packer.compress(block)
+    yield packer.compress(b'"}') + packer.flush()
+
+
+def test_a_gzip_bomb_is_refused_by_its_decoded_size() -> None:
+    """The limit counts bytes after decompression: 1 GiB inflated from about 1 MB is refused
+    with the fetching process not grown by more than the limit."""
+
+    def respond(seen: Seen, local: Local) -> Answer:
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        return 200, headers, gzip_bomb(1024 * 1024 * 1024)
+
+    limits = {"max_body_bytes": 8 * 1024 * 1024}
+    with serve("127.0.0.1", respond) as api:
+        config = {"url": f"{api.url}/i", "pagination": {"type": "none"}, "limits": limits}
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(config)],
+            capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout)
+    assert outcome["error"] and "max_body_bytes" in outcome["error"], outcome
+    assert outcome["grown_kib"] * 1024 < limits["max_body_bytes"] + 48 * 1024 * 1024, outcome
+
+
+def test_an_endless_error_page_is_quoted_not_read() -> None:
+    """A 500 whose body never ends: the error quotes its start, the rest is never read."""
+
+    def respond(seen: Seen, local: Local) -> Answer:
+        return 500, {"Content-Type": "text/html"}, endless_page(HUGE)
+
+    with serve("127.0.0.1", respond) as api:
+        config = SourceConfig.model_validate(
+            {"url": f"{api.url}/i", "pagination": {"type": "none"}}
+        )
+        with pytest.raises(TransientError, match=r"HTTP 500 .*\[\{"):
+            list(RestSource("d", config).pages(None))
+        sent = api.sent_bytes
+    assert sent < HUGE / 2, sent

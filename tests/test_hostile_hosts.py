@@ -163,6 +163,17 @@ def test_redirect_to_another_host_gets_no_token_no_static_header_and_no_401_repl
     assert api.seen[0].headers["x-api-key"] == API_KEY
 
 
+def test_the_token_is_never_attached_to_a_request_for_another_host() -> None:
+    """Pinned to its hosts, the auth refuses to attach the token elsewhere, whatever code
+    sends the request: the second host receives nothing."""
+    with serve("127.0.0.2", recorder) as thief:
+        session = requests.Session()
+        session.auth = OAuth2Auth(FakeTokens(), allowed_origins("http://127.0.0.1:9/x"))  # type: ignore[arg-type]
+        with pytest.raises(PermanentError, match=re.escape("host '127.0.0.2'")):
+            session.get(f"{thief.url}/x", timeout=10)
+    assert thief.seen == []
+
+
 def test_a_401_from_the_source_itself_is_still_replayed_once() -> None:
     """The replay stays for the host the credential belongs to."""
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from models import deadletters
 from models.db import session_scope
 from models.schema import RecordStatus, StagedRecord
+from models.storable import storable_id, storable_payload, storable_text
 from pipeline.delta import SourceRecord
 from pipeline.timefmt import utcnow
 
@@ -119,7 +120,7 @@ def stage_dead(
         record_id=storable_id(record_id),
         version=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         digest="",
-        payload=_storable_payload(payload),
+        payload=storable_payload(payload),
         status=S.DEAD,
         attempts=0,
         deliveries=0,
@@ -131,36 +132,6 @@ def stage_dead(
     session.add(row)
     session.flush()
     _upsert_dead_letter(session, row, "PermanentError", reason, None, None)
-
-
-RECORD_ID_WIDTH: int = getattr(StagedRecord.__table__.c.record_id.type, "length", None) or 255
-
-
-def storable_text(text: str) -> str:
-    """``text`` with what Postgres refuses in a text column (NUL, lone surrogates) escaped."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text.replace("\x00", "\\x00")
-
-
-def storable_id(record_id: str) -> str:
-    """An id that fits the column: control characters escaped; a long one cut, with a digest
-    of the whole so two long ids that share a prefix stay apart."""
-    escaped = "".join(
-        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-        for c in str(record_id)
-    )
-    escaped = storable_text(escaped)
-    if len(escaped) <= RECORD_ID_WIDTH:
-        return escaped
-    digest = hashlib.sha256(str(record_id).encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f"{escaped[: RECORD_ID_WIDTH - 20]}...#{digest}"
-
-
-def _storable_payload(payload: Any) -> str:
-    try:
-        return json.dumps(payload, default=str)  # ASCII: escapes NUL and surrogates
-    except (RecursionError, ValueError, TypeError) as exc:
-        return json.dumps({"ihub_unstorable_payload": type(exc).__name__})
 
 
 @dataclass(frozen=True)

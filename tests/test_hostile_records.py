@@ -110,6 +110,24 @@ def test_a_nul_inside_a_value_never_fails_its_page_on_postgres(pg_url: str, tmp_
     assert queue.counts(pg_url, NAME)["pending"] == 0
 
 
+@pytest.mark.services
+def test_a_dead_letter_for_anything_a_source_sends_cannot_fail_its_insert(pg_url: str) -> None:
+    """stage_dead escapes and cuts the id, escapes the reason and replaces an unserialisable
+    payload, so a rejection can never take its page down with it."""
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    hostile_ids = ["\x00" * 300, "\ud800" + "é" * 400, "a" * 300, "a" * 300 + "b"]
+    with session_scope(pg_url) as session:
+        for number, record_id in enumerate(hostile_ids):
+            payload = deep if number == 0 else {"v": "\x00"}
+            queue.stage_dead(session, NAME, None, record_id, payload, f"bad\x00{record_id}")
+    letters = queue.list_dead(pg_url, integration=NAME)
+    stored = {letter["record_id"] for letter in letters}
+    assert len(letters) == 4 and len(stored) == 4  # two long ids sharing a prefix stay apart
+    assert all(len(record_id) <= 255 and "\x00" not in record_id for record_id in stored)
+
+
 def answers(pages: list[list[dict[str, Any]]]) -> Any:
     """Each request gets the next page (the last one again once they run out)."""
 

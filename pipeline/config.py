@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -38,6 +39,7 @@ from pipeline.config_sources import (
     http_url,
 )
 from pipeline.errors import ConfigError
+from pipeline.loopback import is_loopback
 from pipeline.timefmt import TimeFormat
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -63,6 +65,21 @@ class OAuth2Config(Strict):
     refresh_margin: float = Field(60.0, ge=0)
     default_expires_in: float = Field(3600.0, gt=0)
     timeout: float = Field(30.0, gt=0)
+
+    @field_validator("token_url")
+    @classmethod
+    def _no_clear_text_secret(cls, value: str) -> str:
+        """The client secret goes in the request: plain http only where it cannot leave the
+        machine (the demo, tests)."""
+        parts = urlsplit(value)
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ValueError(f"expected an https:// URL, got {value!r}")
+        if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
+            raise ValueError(
+                f"plain http:// is allowed for loopback hosts only, got host {parts.hostname!r}"
+                " (the client secret would travel in clear): use https://"
+            )
+        return value
 
     @model_validator(mode="after")
     def _grant_needs(self) -> OAuth2Config:

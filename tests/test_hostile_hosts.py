@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 import requests
+from pydantic import SecretStr
 
 from pipeline.auth import grants
 from pipeline.auth.requests_auth import OAuth2Auth
-from pipeline.config import OAuth2Config, SourceConfig
-from pipeline.errors import PermanentError
+from pipeline.config import OAuth2Config, SourceConfig, parse_config
+from pipeline.errors import ConfigError, PermanentError
 from pipeline.sources.guard import allowed_origins, check_followable
 from pipeline.sources.rest import RestSource
 from tests.hostile_server import Answer, Local, Seen, json_answer, serve
@@ -190,7 +191,23 @@ def test_a_401_from_the_source_itself_is_still_replayed_once() -> None:
 
 
 def token_config(url: str) -> OAuth2Config:
-    return OAuth2Config(token_url=url, client_id="ihub", client_secret="s3cret")  # type: ignore[arg-type]
+    """Built unchecked: the request-time guard must hold even for a config never validated."""
+    return OAuth2Config.model_construct(
+        type="oauth2", grant_type="client_credentials", token_url=url, client_id="ihub",
+        client_secret=SecretStr("s3cret"), client_auth="basic", scope=None, extra_params={},
+        timeout=5.0,
+    )  # fmt: skip
+
+
+def test_a_plain_http_token_url_off_loopback_is_a_config_error() -> None:
+    """Caught at load, naming the key, before any worker starts."""
+    auth = {"type": "oauth2", "token_url": "http://10.9.8.7/token", "client_id": "c",
+            "client_secret": "s"}  # fmt: skip
+    raw = {"integrations": {"s": {"source": {"url": "https://x/i", "auth": auth},
+                                  "sink": {"table": "t"}}}}  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, file="f.yaml", env={})
+    assert any("token_url" in p and "loopback hosts only" in p for p in caught.value.problems)
 
 
 def test_plain_http_token_url_off_loopback_is_refused_even_after_a_loopback_one(

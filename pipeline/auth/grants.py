@@ -31,7 +31,7 @@ from requests_oauthlib import OAuth2Session
 
 from pipeline.config import OAuth2Config
 from pipeline.errors import PermanentError, ReauthRequired, TransientError, parse_retry_after
-from pipeline.sources.guard import is_loopback
+from pipeline.loopback import is_loopback
 
 REFUSALS = {"invalid_grant", "invalid_client", "unauthorized_client", "access_denied"}
 

@@ -10,7 +10,6 @@ headers on a redirect to another origin, as requests already does for ``Authoriz
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -59,17 +58,6 @@ def check_followable(url: str, allowed: frozenset[Origin], *, what: str) -> None
             f"({scheme}, port {port}): it is not the source's own scheme, host and port; "
             "list it in source.allowed_hosts if the API pages across hosts"
         )
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost: traffic that never leaves the machine."""
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_of(url: str) -> str:

@@ -264,7 +264,7 @@ try:
 except PermanentError as exc:
     error = str(exc)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"error": error, "grown_kib": after - before}))
+print(json.dumps({"error": error, "grown_kib": after - before, "peak_kib": after}))
 """
 
 

@@ -116,6 +116,8 @@ def id_problem(value: Any) -> str | None:
     text = str(value)
     if len(text) > MAX_ID_LENGTH:
         return f"the id is {len(text):,} characters long, more than {MAX_ID_LENGTH}"
+    if text.isprintable():  # the common case, in C: no control character, no surrogate
+        return None
     for position, char in enumerate(text):
         if unicodedata.category(char) in ("Cc", "Cs"):
             kind = "a lone surrogate" if unicodedata.category(char) == "Cs" else "a control char"

@@ -172,6 +172,18 @@ def test_an_id_with_query_metacharacters_never_reaches_the_next_query(bad: str) 
     assert bad not in " ".join(queries)
 
 
+def test_a_full_page_of_rejected_ids_stops_the_run_instead_of_ending_it_quietly() -> None:
+    """Keyset paging cannot move past a full page whose every id was refused: that is an
+    error, not a pass that ends early and leaves the rest of the listing unread."""
+    bad = [[record(2, "a^b"), record(3, "c^d"), record(5, "e^f")]]
+    with (
+        serve("127.0.0.1", answers(bad)) as api,
+        pytest.raises(PermanentError, match="all 3 records of a full page were rejected"),
+    ):
+        list(RestSource("k", keyset(f"{api.url}/table")).pages(None))
+    assert len(api.seen) == 1
+
+
 def test_an_id_param_carries_any_id_encoded() -> None:
     """With id_param the id is a query value of its own (URL-encoded): nothing to refuse."""
     pages = [[record(1), record(2, "a&b=c")], []]

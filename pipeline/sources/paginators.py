@@ -286,6 +286,11 @@ class KeysetPaginator(Paginator):
         if self.expect is not None and (not keys or keys[0] != self.expect):
             self.trusted = self.checkpoint = False
         short = len(reply.items) < self.limit
+        if not keys and not short:
+            raise PermanentError(
+                f"keyset paging: all {len(reply.items)} records of a full page were rejected "
+                "(see the dead letters), so no key moves the bound past them"
+            )
         if not keys:
             self.done = True
             return

@@ -20,6 +20,7 @@ from models import deadletters
 from models.db import session_scope
 from models.redaction import redact
 from models.schema import RecordStatus, StagedRecord
+from models.storable import storable_id, storable_payload, storable_text
 from models.values import SourceRecord, utcnow
 
 S = RecordStatus
@@ -106,15 +107,25 @@ def stage_dead(
     record_id: str,
     payload: Any,
     reason: str,
-) -> None:
-    """A record that cannot even be parsed: staged straight into the dead letters."""
-    now = utcnow()
+) -> bool:
+    """A record that cannot even be parsed: staged straight into the dead letters; False when
+    the same record (id and payload) is already dead, as when each run re-reads it.
+
+    Whatever the source sent, this insert cannot fail: the id is escaped and cut to the
+    column's width, the reason escaped, and a payload that cannot be serialised is replaced by
+    a note saying so (a record rejected for its id or its depth must not fail its page)."""
+    now, stored_id = utcnow(), storable_id(record_id)
+    body = storable_payload(payload)
+    digest = hashlib.sha256(body.encode()).hexdigest()[:32]
+    if _already_dead(session, integration, stored_id, digest):
+        return False
+    reason = storable_text(reason)
     row = StagedRecord(
         integration=integration,
-        record_id=record_id,
+        record_id=stored_id,
         version=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        digest="",
-        payload=json.dumps(payload, default=str),
+        digest=digest,
+        payload=body,
         status=S.DEAD,
         attempts=0,
         deliveries=0,
@@ -126,6 +137,17 @@ def stage_dead(
     session.add(row)
     session.flush()
     _upsert_dead_letter(session, row, "PermanentError", reason, None, None)
+    return True
+
+
+def _already_dead(session: Session, integration: str, record_id: str, digest: str) -> bool:
+    query = select(StagedRecord.id).where(
+        StagedRecord.integration == integration,
+        StagedRecord.record_id == record_id,
+        StagedRecord.digest == digest,
+        StagedRecord.status == S.DEAD,
+    )
+    return session.scalars(query.limit(1)).first() is not None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -33,10 +34,13 @@ from pipeline.config_sources import (
     DeltaConfig,
     KeysetPagination,
     PaginationConfig,
+    SourceLimits,
     TransformConfig,
+    host_entry,
     http_url,
 )
 from pipeline.errors import ConfigError
+from pipeline.loopback import is_loopback
 from pipeline.timefmt import TimeFormat
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -62,6 +66,21 @@ class OAuth2Config(Strict):
     refresh_margin: float = Field(60.0, ge=0)
     default_expires_in: float = Field(3600.0, gt=0)
     timeout: float = Field(30.0, gt=0)
+
+    @field_validator("token_url")
+    @classmethod
+    def _no_clear_text_secret(cls, value: str) -> str:
+        """The client secret goes in the request: plain http only where it cannot leave the
+        machine (the demo, tests)."""
+        parts = urlsplit(value)
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ValueError(f"expected an https:// URL, got {value!r}")
+        if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
+            raise ValueError(
+                f"plain http:// is allowed for loopback hosts only, got host {parts.hostname!r}"
+                " (the client secret would travel in clear): use https://"
+            )
+        return value
 
     @model_validator(mode="after")
     def _grant_needs(self) -> OAuth2Config:
@@ -97,11 +116,21 @@ class SourceConfig(Strict):
     rate_limit: float | None = Field(None, gt=0, description="requests a second, all workers")
     rate_burst: int = Field(1, ge=1)
     deletes: DeletesConfig | None = None
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="other hosts (host or host:port) a next-page URL may lead to, same scheme",
+    )
+    limits: SourceLimits = Field(default_factory=SourceLimits)
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         return http_url(value)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [host_entry(entry) for entry in value]
 
     @model_validator(mode="before")
     @classmethod

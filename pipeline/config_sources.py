@@ -131,6 +131,20 @@ class KeysetPagination(_Pages):
     offset_param: str | None = Field(None, description="skips the rows of one timestamp seen")
     max_limit: int | None = Field(None, ge=1, le=10_000, description="grow a page up to this")
     stop_on_short_page: bool = True
+    safe_id: str = Field(
+        r"[A-Za-z0-9_.:@-]+",
+        description="ids allowed into a {id} placeholder of delta.template or body (a regular"
+        " expression); another id would rewrite the query: its record is a dead letter",
+    )
+
+    @field_validator("safe_id")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"expected a regular expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _one_tie_breaker(self) -> KeysetPagination:
@@ -143,6 +157,28 @@ class KeysetPagination(_Pages):
 
 class NoPagination(_Strict):
     type: Literal["none"]
+
+
+class SourceLimits(_Strict):
+    """What one response may hold: a source is untrusted input (ARCHITECTURE invariant 8)."""
+
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="bytes of one response (decoded), read streamed"
+    )
+    max_records_per_page: int = Field(50_000, ge=1, description="records in one response")
+    max_depth: int = Field(
+        64, ge=2, le=500, description="nesting of one record; a deeper record is a dead letter"
+    )
+
+
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def host_entry(value: str) -> str:
+    """An ``allowed_hosts`` entry: a host name or address, optionally ``:port``; no scheme."""
+    if not _HOST.fullmatch(value):
+        raise ValueError(f"expected a host or host:port (no scheme, no path), got {value!r}")
+    return value.lower()
 
 
 def _pagination_tag(value: Any) -> str:

@@ -26,6 +26,7 @@ from pipeline.config import (
 from pipeline.settings import Settings, settings_from_env
 from pipeline.sinks import RestSink, Sink, SqlSink
 from pipeline.sources import RestSource
+from pipeline.sources.guard import allowed_origins
 from pipeline.sources.ratelimit import limiter_for
 
 PAUSE_CHECK_EVERY = 2.0
@@ -62,7 +63,10 @@ class Hub:
             config = self.integration(name).source
             auth = None
             if isinstance(config.auth, OAuth2Config):
-                auth = OAuth2Auth(self.token_manager(name, "source", config.auth))
+                hosts = allowed_origins(config.url, config.allowed_hosts)
+                if config.deletes is not None and config.deletes.endpoint is not None:
+                    hosts |= allowed_origins(config.deletes.endpoint.url, config.allowed_hosts)
+                auth = OAuth2Auth(self.token_manager(name, "source", config.auth), hosts)
             limiter = limiter_for(self.settings, name, config.rate_limit, config.rate_burst)
             self._sources[name] = RestSource(name, config, auth, limiter)
             self._classify(name, self._sources[name].session, "source")

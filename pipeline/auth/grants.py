@@ -2,16 +2,24 @@
 
 requests-oauthlib reports a 502 page from the token endpoint as "Missing access token"
 (PITFALLS 35); the compliance hook below turns the status into ihub's own error classes first.
+
+oauthlib refuses a plain ``http://`` token URL unless ``OAUTHLIB_INSECURE_TRANSPORT`` is set,
+and that switch is process-wide: once set for the demo's loopback IdP, any later ``http://``
+token URL would send client secrets in clear. Instead, plain HTTP is allowed per request, to a
+loopback token URL only (``_loopback_http``); a non-loopback one is refused before any byte
+is sent, whatever the environment says.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import requests_oauthlib.oauth2_session as oauth2_session
 from oauthlib.oauth2 import (
     BackendApplicationClient,
     LegacyApplicationClient,
@@ -23,6 +31,7 @@ from requests_oauthlib import OAuth2Session
 
 from pipeline.config import OAuth2Config
 from pipeline.errors import PermanentError, ReauthRequired, TransientError, parse_retry_after
+from pipeline.loopback import is_loopback
 
 REFUSALS = {"invalid_grant", "invalid_client", "unauthorized_client", "access_denied"}
 
@@ -31,8 +40,10 @@ def request_token(
     config: OAuth2Config, *, integration: str, refresh_token: str | None
 ) -> dict[str, Any]:
     """One grant: refresh when a refresh token is at hand (not for client_credentials)."""
-    _allow_loopback_http(config.token_url)
-    with OAuth2Session(client=_client(config)) as session:
+    with (
+        _loopback_http(config.token_url, integration),
+        OAuth2Session(client=_client(config)) as session,
+    ):
         return _request(session, config, integration, refresh_token)
 
 
@@ -125,18 +136,44 @@ def _from_oauth_error(integration: str, exc: OAuth2Error) -> Exception:
     return PermanentError(f"{integration}: token endpoint error: {reason}")
 
 
-def _allow_loopback_http(token_url: str) -> None:
-    """oauthlib refuses http://; allow it for loopback only (the demo and the tests)."""
+_PLAIN_HTTP_ALLOWED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "ihub_plain_http_token_url", default=None
+)
+
+
+@contextlib.contextmanager
+def _loopback_http(token_url: str, integration: str) -> Iterator[None]:
+    """Within this block (this thread or task only), oauthlib accepts ``token_url`` over plain
+    http when it is a loopback URL; a non-loopback ``http://`` token URL is refused."""
     parts = urlsplit(token_url)
-    if parts.scheme != "http":
+    if parts.scheme.lower() != "http":
+        yield
         return
-    host = parts.hostname or ""
+    if not is_loopback(parts.hostname or ""):
+        raise PermanentError(
+            f"{integration}: refusing the token URL on host {parts.hostname!r}: plain http:// "
+            "would send the client secret in clear (use https://; http is for loopback only)"
+        )
+    _install_transport_check()
+    mark = _PLAIN_HTTP_ALLOWED.set(token_url)
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
-        os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")
+        yield
+    finally:
+        _PLAIN_HTTP_ALLOWED.reset(mark)
+
+
+def _secure_or_allowed_loopback(uri: str) -> bool:
+    """requests-oauthlib's transport check, without the process-wide environment switch."""
+    if uri.lower().startswith("https://"):
+        return True
+    allowed = _PLAIN_HTTP_ALLOWED.get()
+    return allowed is not None and uri == allowed and is_loopback(urlsplit(uri).hostname or "")
+
+
+def _install_transport_check() -> None:
+    """requests-oauthlib checks the token URL with a module-level function: ours replaces it
+    (idempotent). It ignores ``OAUTHLIB_INSECURE_TRANSPORT``, so no setting can reopen http."""
+    oauth2_session.is_secure_transport = _secure_or_allowed_loopback
 
 
 def expires_at_from(token: dict[str, Any], *, now: float, default_expires_in: float) -> float:

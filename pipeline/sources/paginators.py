@@ -10,8 +10,9 @@ when to stop. Two more flags say what the fetch loop may conclude:
 * ``trusted``: nothing suggests that this pass skipped a record. A pass that ends untrusted
   leaves the watermark where it was, and the next fetch reads the window again.
 
-A cursor or next URL that comes back twice, or a keyset page that makes no progress, is an error
-rather than an endless fetch.
+A cursor or next URL that comes back twice, a keyset page that makes no progress, or an offset
+or page-number request answered with the very page before it (a server that ignores the
+parameter) is an error rather than an endless fetch.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pipeline.config_sources import (
 )
 from pipeline.delta import Watermark
 from pipeline.errors import PermanentError
+from pipeline.sources.limits import fingerprint
 from pipeline.timefmt import TimeFormat, floor_time
 
 
@@ -47,6 +49,7 @@ class Reply:
     items: list[Any]
     keys: list[Watermark | None]  # (updated, id) per item; None where it could not be read
     url: str = ""
+    digest: str = ""  # of the response's bytes
 
 
 class Paginator:
@@ -78,6 +81,23 @@ def _limit(param: str | None, limit: int) -> dict[str, Any]:
 
 def _short(reply: Reply, limit: int, stop: bool) -> bool:
     return stop and len(reply.items) < limit
+
+
+class _SamePage:
+    """Detects a position (offset, page number) that moved while the page did not."""
+
+    def __init__(self, param: str) -> None:
+        self.param = param
+        self.last: str | None = None
+
+    def check(self, reply: Reply, position: int) -> None:
+        current = fingerprint(reply.items, reply.keys, reply.digest)
+        if reply.items and current == self.last:
+            raise PermanentError(
+                f"pagination loop: {self.param}={position} returned the same page as the "
+                f"request before it: does the API honour {self.param!r}?"
+            )
+        self.last = current
 
 
 class CursorPaginator(Paginator):
@@ -169,6 +189,7 @@ class OffsetPaginator(Paginator):
         self.overlap = default if config.overlap is None else config.overlap
         self.offset = 0
         self.tail: list[Watermark] = []
+        self.same = _SamePage(config.offset_param)
 
     def params(self) -> dict[str, Any]:
         params = _limit(self.config.limit_param, self.config.limit)
@@ -176,6 +197,7 @@ class OffsetPaginator(Paginator):
         return params
 
     def advance(self, reply: Reply) -> None:
+        self.same.check(reply, self.offset)
         keys = [k for k in reply.keys if k is not None]
         if self.tail and (not keys or keys[0] not in self.tail):
             self.trusted = self.checkpoint = False
@@ -202,6 +224,7 @@ class PagePaginator(Paginator):
         self.seen: dict[str, datetime] = {}
         self.total: int | None = None
         self.checkpoint = False
+        self.same = _SamePage(config.page_param)
 
     def params(self) -> dict[str, Any]:
         params = _limit(self.config.limit_param, self.config.limit)
@@ -209,6 +232,7 @@ class PagePaginator(Paginator):
         return params
 
     def advance(self, reply: Reply) -> None:
+        self.same.check(reply, self.page)
         for key in reply.keys:
             if key is not None and self.seen.setdefault(key.id, key.updated) != key.updated:
                 self.trusted = False
@@ -262,6 +286,11 @@ class KeysetPaginator(Paginator):
         if self.expect is not None and (not keys or keys[0] != self.expect):
             self.trusted = self.checkpoint = False
         short = len(reply.items) < self.limit
+        if not keys and not short:
+            raise PermanentError(
+                f"keyset paging: all {len(reply.items)} records of a full page were rejected "
+                "(see the dead letters), so no key moves the bound past them"
+            )
         if not keys:
             self.done = True
             return

@@ -21,8 +21,17 @@ from pipeline.config import SourceConfig
 from pipeline.config_sources import TombstoneConfig
 from pipeline.delta import DELETED_KEY, SourceRecord, Watermark
 from pipeline.errors import PermanentError, classify_exception, classify_response
+from pipeline.sources.guard import PinnedSession, allowed_origins, check_followable
+from pipeline.sources.limits import (
+    Body,
+    cap_error_body,
+    id_problem,
+    read_json,
+    too_deep,
+    unsafe_in_query,
+)
 from pipeline.sources.paginators import Reply, dig, make_paginator
-from pipeline.sources.placement import Request, build_request
+from pipeline.sources.placement import ID, Request, build_request
 from pipeline.sources.ratelimit import RateLimiter
 from pipeline.timefmt import parse_time
 
@@ -69,10 +78,13 @@ class RestSource:
         self.limiter = limiter
         self.tombstones = tombstones  # every record listed is a deletion
         if session is None:
-            session = requests.Session()
+            session = PinnedSession(config.headers)
             session.auth = auth
-            session.headers.update(config.headers)
         self.session = session
+        self.allowed = allowed_origins(config.url, config.allowed_hosts)
+        # an id that goes into the query text ({id} of delta.template or body) must be inert
+        placed = ID in str(config.delta.template or "") + str(config.body or "")
+        self.safe_id = getattr(config.pagination, "safe_id", None) if placed else None
 
     @property
     def ordered(self) -> bool:
@@ -83,18 +95,14 @@ class RestSource:
         """Each page's records, in the order the source returned them."""
         paginator = make_paginator(self.config, since)
         while not paginator.done:
-            request = build_request(
-                self.config, paginator.bound(), paginator.params(), paginator.next_url()
-            )
+            next_url = paginator.next_url()
+            if next_url:
+                check_followable(next_url, self.allowed, what=f"source {self.name}")
+            request = build_request(self.config, paginator.bound(), paginator.params(), next_url)
             body, headers, url = self._send(request)
-            items = dig(body, self.config.records)
-            if not isinstance(items, list):
-                raise PermanentError(
-                    f"source {self.name}: expected a list at {self.config.records or 'top level'!r}"
-                    f" in the response, got {type(items).__name__}"
-                )
+            items = self._items(body.data)
             page, keys = self._page(items)
-            paginator.advance(Reply(body, headers, items, keys, url))
+            paginator.advance(Reply(body.data, headers, items, keys, url, body.digest))
             page.checkpoint, page.trusted = paginator.checkpoint, paginator.trusted
             page.last = paginator.done
             yield page
@@ -113,14 +121,28 @@ class RestSource:
         )
         return tombstones.pages(since)
 
+    def _items(self, body: Any) -> list[Any]:
+        items = dig(body, self.config.records)
+        if not isinstance(items, list):
+            raise PermanentError(
+                f"source {self.name}: expected a list at {self.config.records or 'top level'!r}"
+                f" in the response, got {type(items).__name__}"
+            )
+        limit = self.config.limits.max_records_per_page
+        if len(items) > limit:
+            raise PermanentError(
+                f"source {self.name}: a response holds {len(items):,} records, more than "
+                f"source.limits.max_records_per_page ({limit:,}); does the API honour the limit?"
+            )
+        return items
+
     def _page(self, items: list[Any]) -> tuple[Page, list[Watermark | None]]:
-        page, keys = Page(), []
+        page, keys = Page(), list[Watermark | None]()
         for item in items:
             try:
                 record = self.parse(item)
             except PermanentError as exc:
-                key = dig(item, self.config.id) if isinstance(item, dict) else None
-                page.rejects.append(Reject(item, str(exc), str(key) if key else None))
+                page.rejects.append(self._reject(item, str(exc)))
                 keys.append(None)
                 continue
             page.records.append(record)
@@ -141,12 +163,22 @@ class RestSource:
                     "or set ordered: false"
                 )
 
+    def _reject(self, item: Any, reason: str) -> Reject:
+        """A dead letter for ``item``; a record too deep to store keeps only its id."""
+        key = dig(item, self.config.id) if isinstance(item, dict) else None
+        key = None if isinstance(key, dict | list) else key
+        if too_deep(item, self.config.limits.max_depth):
+            item = {"ihub_rejected": "nested too deep to keep", "id": key}
+        return Reject(item, reason, str(key) if key not in (None, "") else None)
+
     def parse(self, item: Any) -> SourceRecord:
         if not isinstance(item, dict):
-            raise PermanentError(f"source {self.name}: a record is not an object: {item!r:.80}")
+            preview = "a nested list" if too_deep(item, 8) else f"{item!r:.80}"
+            raise PermanentError(f"source {self.name}: a record is not an object: {preview}")
         record_id = dig(item, self.config.id)
         if record_id is None or record_id == "":
             raise PermanentError(f"source {self.name}: a record has no {self.config.id!r} field")
+        self._check_record(item, record_id)
         delta = self.config.delta
         try:
             raw = dig(item, self.config.updated)
@@ -159,6 +191,20 @@ class RestSource:
             item = {**item, DELETED_KEY: True}
         return SourceRecord(str(record_id), updated, item)
 
+    def _check_record(self, item: dict[str, Any], record_id: Any) -> None:
+        """Refuse, on its own, a record that would fail its page's insert or rewrite a query."""
+        problem = id_problem(record_id)
+        if problem is None and self.safe_id is not None:
+            problem = unsafe_in_query(str(record_id), self.safe_id)
+        if problem is not None:
+            raise PermanentError(f"source {self.name}: record field {self.config.id!r}: {problem}")
+        limit = self.config.limits.max_depth
+        if too_deep(item, limit):
+            raise PermanentError(
+                f"source {self.name}: record {record_id}: nested deeper than {limit} levels "
+                "(source.limits.max_depth)"
+            )
+
     def _deleted(self, item: dict[str, Any]) -> bool:
         if self.tombstones:
             return True
@@ -168,7 +214,8 @@ class RestSource:
         value = dig(item, deletes.field)
         return bool(value) if deletes.values is None else value in deletes.values
 
-    def _send(self, request: Request) -> tuple[Any, Any, str]:
+    def _send(self, request: Request) -> tuple[Body, Any, str]:
+        """One request; the body read streamed within ``limits`` (``pipeline.sources.limits``)."""
         what = f"source {self.name}"
         if self.limiter is not None:
             self.limiter.acquire()
@@ -179,16 +226,16 @@ class RestSource:
                 params=request.params or None,
                 json=request.json,
                 timeout=self.config.timeout,
+                stream=True,
             )
+            cap_error_body(response)
+            error = classify_response(response, what=what)
+            if error is not None:
+                raise error
+            body = read_json(response, self.config.limits, what=what)
+            return body, response.headers, response.url
         except requests.RequestException as exc:
             raise classify_exception(exc, what=what) from None
-        error = classify_response(response, what=what)
-        if error is not None:
-            raise error
-        try:
-            return response.json(), response.headers, response.url
-        except ValueError:
-            raise PermanentError(f"{what}: the response is not JSON") from None
 
 
 def tombstone_config(source: SourceConfig, endpoint: TombstoneConfig) -> SourceConfig:

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    beat_init,
+    worker_init,
+    worker_process_init,
+)
 
 from models.db import dispose_all
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from pipeline.config import HubConfig
 from pipeline.redaction import install_redaction
 from pipeline.settings import settings_from_env
 from tasks import context
-from tasks.broker import embedded_broker_url
+from tasks.broker import embedded_broker_url, start_embedded
 from tasks.checks import check_visibility
+from tasks.schedule import load_checked_config
 
 log = logging.getLogger(__name__)
 _app: Celery | None = None
+_started: set[tuple[int, str]] = set()  # (pid, home): this process saw its broker up
 
 
 def get_app() -> Celery:
@@ -33,17 +42,14 @@ def create_app() -> Celery:
     app = Celery("ihub")
     app.config_from_object("celeryconfig")
     app.conf.broker_url = settings.broker_url or embedded_broker_url(settings.home)
+    app.conf.ihub_embedded_home = None if settings.broker_url else str(settings.home)
     app.conf.beat_schedule_filename = str(settings.home / "celerybeat-schedule")
     from tasks import fetch, maintenance, records, schedule
 
     records.register(app, settings)
     fetch.register(app, settings)
     maintenance.register(app, settings)
-    try:
-        config = load_config(settings.config_path)
-    except ConfigError as exc:
-        log.warning("no integrations scheduled: %s", exc)
-        config = None
+    config = checked_config(settings.config_path)
     # a row counts as lost after reconcile_after: look at least twice within that time
     every = min(schedule.RECONCILE_EVERY, settings.reconcile_after / 2)
     app.conf.beat_schedule = schedule.build(config, reconcile_every=every)
@@ -54,6 +60,32 @@ def create_app() -> Celery:
     }
     check_visibility(app.conf, config, limits)
     return app
+
+
+def checked_config(path: str) -> HubConfig | None:
+    """The checked config; a missing file only leaves the reconciler scheduled.
+
+    An invalid file raises (the same ConfigError ``ihub check`` prints): a worker or beat that
+    ran on without its integrations would look healthy while syncing nothing.
+    """
+    if not Path(path).exists():
+        log.warning("no integrations scheduled: %s does not exist", path)
+        return None
+    return load_checked_config(path)
+
+
+def start_broker(app: Celery) -> None:
+    """Start the embedded broker if ``app`` uses it: for processes that put work on it."""
+    home = app.conf.get("ihub_embedded_home")
+    if home and (os.getpid(), home) not in _started:
+        start_embedded(Path(home))
+        _started.add((os.getpid(), home))
+
+
+@worker_init.connect
+@beat_init.connect
+def _broker_for_service(sender: Any, **_: Any) -> None:
+    start_broker(sender.app)
 
 
 @worker_process_init.connect

@@ -2,8 +2,13 @@
 
 It is the zero-service default (``IHUB_BROKER_URL`` unset). Being real Redis, the worker, beat,
 Flower and the status page behave exactly as against a production Redis; it keeps an
-append-only file under ``$IHUB_HOME``. The first process that needs it starts it; the others
-attach to it.
+append-only file under ``$IHUB_HOME``.
+
+It is a daemon with a documented life: the first process that puts work on it (a worker, beat,
+Flower, a command that publishes records) starts it, and it runs until ``ihub stop`` (or the
+end of ``ihub demo``) so that queued messages outlive the command that queued them. A process
+that only reads (``ihub web``, ``ihub status``, building the Celery app) never starts it;
+``ihub status`` says whether it runs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ SOCKET = "redis.sock"
 
 
 def embedded_broker_url(home: Path) -> str:
+    """The URL of the embedded broker under ``home``; starts nothing."""
+    return f"redis+socket://{home / SOCKET}"
+
+
+def start_embedded(home: Path) -> str:
+    """Start the embedded redis-server unless it runs; its URL."""
     home.mkdir(parents=True, exist_ok=True)
     socket = home / SOCKET
     if not _alive(socket):
@@ -28,7 +39,11 @@ def embedded_broker_url(home: Path) -> str:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not _alive(socket):
                 _start(home, socket)
-    return f"redis+socket://{socket}"
+    return embedded_broker_url(home)
+
+
+def embedded_running(home: Path) -> bool:
+    return _alive(home / SOCKET)
 
 
 def stop_embedded(home: Path) -> bool:

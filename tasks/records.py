@@ -61,6 +61,9 @@ def register(app: Celery, settings: Settings) -> None:
 
 def publish_records(app: Celery, row_ids: list[int]) -> None:
     """One process_record per row, over one pooled producer connection."""
+    from tasks.app import start_broker
+
+    start_broker(app)
     task: Any = app.tasks["ihub.process_record"]
     with app.producer_or_acquire() as producer:
         for row_id in row_ids:

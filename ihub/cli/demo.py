@@ -40,9 +40,10 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
 
     settings = settings_from_env()
     upgrade(settings.database_url)
-    from tasks.app import get_app  # starts the embedded broker when IHUB_BROKER_URL is unset
+    from tasks.app import get_app, start_broker
 
     app = get_app()
+    start_broker(app)  # the demo owns the embedded broker: stopped in the finally below
     worker = start_celery(
         "worker",
         ["--concurrency", str(concurrency), "--loglevel", "WARNING", "--hostname", "demo@%h"],
@@ -89,10 +90,10 @@ def _demo_env(home: Path, url: str, client_secret: str) -> dict[str, str]:
 
 
 def _start_page(settings: Any, port: int) -> Any:
-    from ihub.cli import _broker_url
+    from ihub.cli.common import broker_url
     from ihub.web.server import serve
 
-    broker, due_in = _broker_url(settings), settings.reconcile_after
+    broker, due_in = broker_url(settings), settings.reconcile_after
     try:
         return serve(settings.database_url, broker, port=port, due_in=due_in)
     except OSError:

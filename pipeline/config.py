@@ -138,12 +138,37 @@ class SqlSinkConfig(Strict):
     key: str = "id"
     url: str | None = Field(None, description="target database; default: IHUB_DATABASE_URL")
 
+    @field_validator("url")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        return None if value is None else supported_database_url(value)
+
     @field_validator("table")
     @classmethod
     def _identifier(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
             raise ValueError(f"expected a SQL identifier (letters, digits, _), got {value!r}")
         return value
+
+
+SUPPORTED_DATABASES = ("postgresql", "sqlite")
+
+
+def supported_database_url(value: str) -> str:
+    """A PostgreSQL or SQLite URL: the upsert the sink writes exists in those two dialects only
+    (``INSERT ... ON CONFLICT``); anything else would fail at the first write."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(value).get_backend_name()
+    except ArgumentError:
+        raise ValueError("expected a database URL such as postgresql://user@host/db") from None
+    if backend not in SUPPORTED_DATABASES:
+        raise ValueError(
+            f"{backend!r} databases are not supported: expected a postgresql:// or sqlite:// URL"
+        )
+    return value
 
 
 class RestSinkConfig(Strict):

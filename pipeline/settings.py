@@ -36,6 +36,7 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
     home = Path(env.get("IHUB_HOME", ".ihub")).absolute()
     database_url = env.get("IHUB_DATABASE_URL") or f"sqlite:///{home / 'ihub.db'}"
+    _database(database_url)
     return Settings(
         home=home,
         database_url=database_url,
@@ -46,6 +47,15 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         process_time_limit=_number(env, "IHUB_PROCESS_TIME_LIMIT", 300.0),
         fetch_time_limit=_number(env, "IHUB_FETCH_TIME_LIMIT", 1800.0),
     )
+
+
+def _database(url: str) -> None:
+    from pipeline.config import supported_database_url
+
+    try:
+        supported_database_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"environment: IHUB_DATABASE_URL: {exc}") from None
 
 
 def _number(env: dict[str, str], name: str, default: float) -> float:

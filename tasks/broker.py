@@ -18,7 +18,9 @@ import fcntl
 import os
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -109,3 +111,35 @@ def _start(home: Path, socket: Path) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the embedded redis-server did not start; see {home / 'redis.log'}")
         time.sleep(0.05)
+
+
+def queue_depths(
+    broker_url: str,
+    queues: Sequence[str],
+    transport_options: Mapping[str, Any] | None = None,
+) -> dict[str, int] | None:
+    """Messages waiting in each queue, asked through kombu's own channel; None when the broker
+    does not answer.
+
+    kombu applies the transport options the workers use (``global_keyprefix`` from
+    IHUB_BROKER_PREFIX, the priority sub-queues), so this counts what the workers would get.
+    Defaults to celeryconfig's options. Fails fast: no reconnection loop holds a page.
+    """
+    from kombu import Connection
+    from kombu.exceptions import ChannelError, OperationalError
+
+    if transport_options is None:
+        import celeryconfig
+
+        transport_options = celeryconfig.broker_transport_options
+    options = {**transport_options, "max_retries": 0, "socket_connect_timeout": 2}
+    try:
+        with Connection(broker_url, transport_options=options, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=0)
+            channel = connection.default_channel
+            # Not passive: kombu's passive check asks Redis without the key prefix (and an
+            # empty list does not exist in Redis); declaring creates nothing on Redis and
+            # answers the size over every priority sub-queue, prefix applied.
+            return {name: int(channel.queue_declare(name).message_count) for name in queues}
+    except (OperationalError, ChannelError, redis.RedisError, OSError, ValueError):
+        return None

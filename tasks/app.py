@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,12 @@ from pipeline.config import HubConfig
 from pipeline.redaction import install_redaction
 from pipeline.settings import settings_from_env
 from tasks import context
-from tasks.broker import embedded_broker_url, start_embedded
+from tasks.broker import embedded_broker_url, start_broker
 from tasks.checks import check_visibility
 from tasks.schedule import load_checked_config
 
 log = logging.getLogger(__name__)
 _app: Celery | None = None
-_started: set[tuple[int, str]] = set()  # (pid, home): this process saw its broker up
 
 
 def get_app() -> Celery:
@@ -72,14 +70,6 @@ def checked_config(path: str) -> HubConfig | None:
         log.warning("no integrations scheduled: %s does not exist", path)
         return None
     return load_checked_config(path)
-
-
-def start_broker(app: Celery) -> None:
-    """Start the embedded broker if ``app`` uses it: for processes that put work on it."""
-    home = app.conf.get("ihub_embedded_home")
-    if home and (os.getpid(), home) not in _started:
-        start_embedded(Path(home))
-        _started.add((os.getpid(), home))
 
 
 @worker_init.connect

@@ -44,6 +44,18 @@ def start_embedded(home: Path) -> str:
     return embedded_broker_url(home)
 
 
+_started: set[tuple[int, str]] = set()  # (pid, home): this process saw its broker up
+
+
+def start_broker(app: Any) -> None:
+    """Start the embedded broker if the Celery ``app`` uses it: for the processes that put
+    work on it (worker, beat, a publishing command), never for one that only reads."""
+    home = app.conf.get("ihub_embedded_home")
+    if home and (os.getpid(), home) not in _started:
+        start_embedded(Path(home))
+        _started.add((os.getpid(), home))
+
+
 def embedded_running(home: Path) -> bool:
     return _alive(home / SOCKET)
 

@@ -40,7 +40,8 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
 
     settings = settings_from_env()
     upgrade(settings.database_url)
-    from tasks.app import get_app, start_broker
+    from tasks.app import get_app
+    from tasks.broker import start_broker
 
     app = get_app()
     start_broker(app)  # the demo owns the embedded broker: stopped in the finally below

@@ -29,11 +29,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ihub.demo import standalone
 from ihub.demo import styles as demostyles
 from ihub.demo.oauth import TokenEndpoint
 from ihub.demo.options import DemoSourceOptions, Response, error
 from ihub.demo.server import BackgroundServer
-from ihub.demo.standalone import main
 from ihub.demo.table import RecordTable, decode_cursor, encode_cursor, parse_ts
 
 __all__ = ["RECORDS_PATH", "TOKEN_PATH", "DemoSource", "DemoSourceOptions", "Response", "main"]
@@ -315,6 +315,13 @@ class DemoSource:
         last = data[-1] if data and more else None
         cursor = encode_cursor(last["updated_at"], last["id"]) if last else None
         return 200, {"data": data, "next_cursor": cursor, "total": total}, headers
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the source standalone so other processes (benchmarks, docker) can use it."""
+    args = standalone.parser().parse_args(argv)
+    source = DemoSource(standalone.options_of(args), host=args.host, port=args.port)
+    standalone.run(source.start(), args)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@ import argparse
 import random
 import time
 from dataclasses import fields
+from typing import Any
 
 from ihub.demo.options import CHOICES, DemoSourceOptions
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     """One flag per DemoSourceOptions field (e.g. --token-lifetime), so the two never drift."""
-    from ihub.demo import source
-
-    p = argparse.ArgumentParser(prog="python -m ihub.demo.source", description=source.__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m ihub.demo.source",
+        description="A demo OAuth 2.0 REST source over an in-memory table that keeps changing.",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8700)
     p.add_argument("--seed", type=int, default=0, help="records to create at start")
@@ -31,25 +33,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the source standalone so other processes (benchmarks, docker) can use it."""
-    from ihub.demo.source import DemoSource
+def options_of(args: argparse.Namespace) -> DemoSourceOptions:
+    return DemoSourceOptions(**{f.name: getattr(args, f.name) for f in fields(DemoSourceOptions)})
 
-    a = _parser().parse_args(argv)
-    options = DemoSourceOptions(**{f.name: getattr(a, f.name) for f in fields(DemoSourceOptions)})
-    source = DemoSource(options, host=a.host, port=a.port).start()
-    source.seed(a.seed)
+
+def run(source: Any, args: argparse.Namespace) -> None:
+    """Seed, announce, mutate every ``--mutate-every`` seconds until Ctrl-C; then stop."""
+    source.seed(args.seed)
     print(
         f"demo source on {source.url} (token endpoint {source.token_url}, "
-        f"client_id={options.client_id}); Ctrl-C stops",
+        f"client_id={source.options.client_id}); Ctrl-C stops",
         flush=True,
     )
-    rng = random.Random(a.random_seed)
+    rng = random.Random(args.random_seed)
     try:
         while True:
-            time.sleep(a.mutate_every if a.mutate_every > 0 else 3600)
-            if a.mutate_every > 0:
-                source.mutate_random(a.mutate_count, rng)
+            time.sleep(args.mutate_every if args.mutate_every > 0 else 3600)
+            if args.mutate_every > 0:
+                source.mutate_random(args.mutate_count, rng)
     except KeyboardInterrupt:
         pass
     finally:

@@ -4,7 +4,7 @@ IHUB_HOME            where the embedded default keeps its files (default ./.ihub
 IHUB_DATABASE_URL    system of record (default sqlite:///$IHUB_HOME/ihub.db)
 IHUB_BROKER_URL      Celery broker (default: the embedded redis-server under $IHUB_HOME)
 IHUB_CONFIG          integration definitions (default ./integrations.yaml)
-IHUB_SECRET_KEY      encrypts tokens at rest; required unless IHUB_DEMO=1
+IHUB_SECRET_KEY      encrypts tokens at rest (ihub demo makes one)
 """
 
 from __future__ import annotations

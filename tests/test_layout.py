@@ -76,3 +76,17 @@ def test_module_under_400_lines(name: str) -> None:
     """Each module holds one job and stays under 400 lines (STYLE: keep modules small)."""
     lines = len(modules()[name].read_text(encoding="utf-8").splitlines())
     assert lines < 400 or name in OVERSIZED, f"{name}: {lines} lines"
+
+
+def test_every_environment_variable_is_in_the_readme_table() -> None:
+    """Each IHUB_* variable the code, the image or the compose file reads has a row in the
+    README's environment table."""
+    import re
+
+    sources = [p for package in PACKAGES for p in (REPO / package).rglob("*.py")]
+    sources += [REPO / "celeryconfig.py", REPO / "docker-compose.yml", REPO / "Dockerfile"]
+    sources += [REPO / "ihub" / "demo" / "demo.yaml"]
+    used = {m for p in sources for m in re.findall(r"IHUB_[A-Z_]+", p.read_text(encoding="utf-8"))}
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("|")]
+    documented = {m for row in rows for m in re.findall(r"`(IHUB_[A-Z_]+)`", row.split("|")[1])}
+    assert used - documented == set(), sorted(used - documented)

@@ -145,3 +145,30 @@ def test_unknown_integration_is_one_line(env: str) -> None:
     result = CliRunner().invoke(main, ["sync", "nope"])
     assert result.exit_code == 2
     assert result.output == "error: no integration named 'nope' (known: crm)\n"
+
+
+def test_unreachable_database_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database that refuses connections is named (password masked) in one line, exit 2."""
+    monkeypatch.setenv("IHUB_DATABASE_URL", "postgresql://ihub:pw-123@127.0.0.1:1/ihub")
+    for args in (["status"], ["db", "upgrade"], ["dead", "list"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error: the database at postgresql://ihub:***@127.0.0.1")
+        assert result.output.count("\n") == 1 and "pw-123" not in result.output
+
+
+def test_unreachable_broker_is_one_line(env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A requeue whose broker does not answer says so in one line instead of a traceback."""
+    from models.db import session_scope
+    from models.queue import stage_dead
+
+    with session_scope(env) as session:
+        stage_dead(session, "crm", None, "r1", {"id": "r1"}, "unparsable")
+    monkeypatch.setenv("IHUB_BROKER_URL", "redis://127.0.0.1:1/0")
+    import tasks.app
+
+    monkeypatch.setattr(tasks.app, "_app", None)  # built again with this broker
+    result = CliRunner().invoke(main, ["dead", "requeue", "--all", "--yes", "--rate", "0"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: the broker did not answer")
+    assert result.output.count("\n") == 1

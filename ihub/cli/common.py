@@ -31,17 +31,43 @@ class Failure(click.ClickException):
 
 
 class IhubGroup(click.Group):
-    """A click group that reports the errors an operator can fix in one line."""
+    """A click group that reports the errors an operator can fix in one line: a bad config or
+    environment, a database that is unreachable or not migrated, a broker that does not
+    answer, a port in use, a wait that ran out. Anything else is a bug and keeps its
+    traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             raise Failure(str(exc)) from None
+        except TimeoutError as exc:
+            raise Failure(str(exc), code=1) from None
         except Exception as exc:
-            if not_migrated(exc):
-                raise Failure(NOT_MIGRATED.format(url=_safe_url())) from None
-            raise
+            message = operational_problem(exc)
+            if message is None:
+                raise
+            raise Failure(message) from None
+
+
+def operational_problem(exc: BaseException) -> str | None:
+    """One line for an error of the environment, or None when ``exc`` is not one."""
+    import errno
+
+    from kombu.exceptions import OperationalError as BrokerDown
+    from redis.exceptions import ConnectionError as RedisDown
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if not_migrated(exc):
+        return NOT_MIGRATED.format(url=_safe_url())
+    if isinstance(exc, OperationalError | InterfaceError):
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        return f"the database at {_safe_url()} failed: {first}"
+    if isinstance(exc, BrokerDown | RedisDown):
+        return f"the broker did not answer: {exc}"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"cannot listen: {exc.strerror} (choose another --port)"
+    return None
 
 
 def not_migrated(exc: BaseException) -> bool:

@@ -90,3 +90,22 @@ def test_every_environment_variable_is_in_the_readme_table() -> None:
     rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("|")]
     documented = {m for row in rows for m in re.findall(r"`(IHUB_[A-Z_]+)`", row.split("|")[1])}
     assert used - documented == set(), sorted(used - documented)
+
+
+def test_package_data_names_files_that_exist() -> None:
+    """Every package-data pattern in pyproject.toml matches a file, and Alembic's own files
+    (env.py, script.py.mako, the versions) are among them."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    package_data = config["tool"]["setuptools"]["package-data"]
+    shipped = set()
+    for package, patterns in package_data.items():
+        for pattern in patterns:
+            found = list((REPO / package).glob(pattern))
+            assert found, f"{package}: {pattern} matches nothing"
+            shipped.update(p.relative_to(REPO).as_posix() for p in found)
+    migrations = REPO / "models" / "migrations"
+    needed = [migrations / "env.py", migrations / "script.py.mako"]
+    needed += list((migrations / "versions").glob("*.py"))
+    assert {p.relative_to(REPO).as_posix() for p in needed} <= shipped

@@ -74,8 +74,22 @@ def checked_config(path: str) -> HubConfig | None:
 
 @worker_init.connect
 @beat_init.connect
-def _broker_for_service(sender: Any, **_: Any) -> None:
+def _ready_to_serve(sender: Any, **_: Any) -> None:
+    """A worker or beat on a database without the current schema stops with the fix, instead
+    of failing every task with ``no such table`` (``ihub worker`` checks before exec too).
+
+    A database that cannot be reached is not a reason to stop: the worker rides out outages.
+    """
+    from models.migrate import schema_problem
+
     start_broker(sender.app)
+    try:
+        problem = schema_problem(settings_from_env().database_url)
+    except Exception as exc:  # unreachable now: the tasks retry until it is back
+        log.warning("schema not checked, the database did not answer: %s", type(exc).__name__)
+        return
+    if problem:
+        raise SystemExit(f"error: {problem}")  # Celery's signal dispatch swallows Exception
 
 
 @worker_process_init.connect

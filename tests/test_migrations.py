@@ -110,3 +110,24 @@ def test_offline_sql_is_refused_on_sqlite(fresh: str) -> None:
     """`ihub db upgrade --sql` on SQLite says why in one line instead of half a script."""
     result = CliRunner().invoke(main, ["db", "upgrade", "--sql"])
     assert result.exit_code == 2 and "written for PostgreSQL" in result.output
+
+
+@pytest.mark.slow
+def test_celery_worker_on_an_unmigrated_database_stops_with_the_fix(fresh: str) -> None:
+    """`celery -A tasks worker` (not through ihub) exits non-zero saying "run `ihub db
+    upgrade`" instead of failing every task."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "solo"],
+        cwd=repo,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode != 0
+    assert UPGRADE_HINT in result.stderr, result.stderr[-2000:]

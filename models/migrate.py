@@ -17,6 +17,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+OFFLINE_SQL_POSTGRES_ONLY = (
+    "offline SQL (--sql) is written for PostgreSQL; on SQLite run `ihub db upgrade`"
+)
 
 
 def alembic_config(url: str, output: io.StringIO | None = None) -> Config:
@@ -31,13 +34,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def upgrade_sql(url: str, revision: str = "head") -> str:
-    """The SQL that ``upgrade`` would run, for a DBA; Postgres only (see the error)."""
-    from pipeline.errors import ConfigError
-
+    """The SQL that ``upgrade`` would run, for a DBA; PostgreSQL only (SQLite's batch
+    migrations need the live table, and nobody hands SQLite SQL to a DBA)."""
     if make_url(url).get_backend_name() != "postgresql":
-        raise ConfigError(
-            "offline SQL (--sql) is written for PostgreSQL; on SQLite run `ihub db upgrade`"
-        )
+        raise ValueError(OFFLINE_SQL_POSTGRES_ONLY)
     output = io.StringIO()
     command.upgrade(alembic_config(url, output), revision, sql=True)
     return output.getvalue()

@@ -18,7 +18,7 @@ from celery.signals import (
 from models.db import dispose_all
 from pipeline.config import HubConfig
 from pipeline.redaction import install_redaction
-from pipeline.settings import settings_from_env
+from pipeline.settings import Settings, settings_from_env
 from tasks import context
 from tasks.broker import embedded_broker_url, start_broker
 from tasks.checks import check_visibility
@@ -39,6 +39,7 @@ def create_app() -> Celery:
     settings = settings_from_env()
     app = Celery("ihub")
     app.config_from_object("celeryconfig")
+    apply_settings(app.conf, settings)
     app.conf.broker_url = settings.broker_url or embedded_broker_url(settings.home)
     app.conf.ihub_embedded_home = None if settings.broker_url else str(settings.home)
     app.conf.beat_schedule_filename = str(settings.home / "celerybeat-schedule")
@@ -90,6 +91,19 @@ def _ready_to_serve(sender: Any, **_: Any) -> None:
         return
     if problem:
         raise SystemExit(f"error: {problem}")  # Celery's signal dispatch swallows Exception
+
+
+def apply_settings(conf: Any, settings: Settings) -> None:
+    """The environment's word on the broker: its key prefix, and one visibility timeout in all
+    three places Celery and kombu read it (PITFALLS 3)."""
+    timeout = settings.visibility_timeout
+    conf.broker_transport_options = {
+        **conf.broker_transport_options,
+        "visibility_timeout": timeout,
+        "global_keyprefix": settings.broker_prefix,
+    }
+    conf.result_backend_transport_options = {"visibility_timeout": timeout}
+    conf.visibility_timeout = timeout
 
 
 @worker_process_init.connect

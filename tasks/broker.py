@@ -135,15 +135,18 @@ def queue_depths(
 
     kombu applies the transport options the workers use (``global_keyprefix`` from
     IHUB_BROKER_PREFIX, the priority sub-queues), so this counts what the workers would get.
-    Defaults to celeryconfig's options. Fails fast: no reconnection loop holds a page.
+    Defaults to celeryconfig's options with IHUB_BROKER_PREFIX, as the app applies them. Fails
+    fast: no reconnection loop holds a page.
     """
     from kombu import Connection
     from kombu.exceptions import ChannelError, OperationalError
 
     if transport_options is None:
         import celeryconfig
+        from pipeline.settings import settings_from_env
 
-        transport_options = celeryconfig.broker_transport_options
+        prefix = settings_from_env().broker_prefix
+        transport_options = {**celeryconfig.broker_transport_options, "global_keyprefix": prefix}
     options = {**transport_options, "max_retries": 0, "socket_connect_timeout": 2}
     try:
         with Connection(broker_url, transport_options=options, connect_timeout=2) as connection:

@@ -51,12 +51,15 @@ def test_check_refuses_a_mysql_sink(tmp_path: Path) -> None:
     )
 
 
-def test_a_mysql_database_url_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    """IHUB_DATABASE_URL=mysql://... makes every command say so in one line, exit 2."""
-    monkeypatch.setenv("IHUB_DATABASE_URL", "mysql://ihub@127.0.0.1/ihub")
+def test_a_mysql_database_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """IHUB_DATABASE_URL=mysql://... is refused with the variable and the reason, exit 2, its
+    password masked."""
+    monkeypatch.setenv("IHUB_DATABASE_URL", "mysql://ihub:pw-123@127.0.0.1/ihub")
     result = CliRunner().invoke(main, ["status"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.startswith("error: environment: IHUB_DATABASE_URL: 'mysql' databases")
+    assert result.output.startswith("error: environment: invalid settings")
+    assert "IHUB_DATABASE_URL: value error, 'mysql' databases are not supported" in result.output
+    assert "pw-123" not in result.output
 
 
 def test_version_is_the_package_version() -> None:

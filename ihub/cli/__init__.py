@@ -15,14 +15,13 @@ from typing import Any
 import click
 
 from ihub.cli.auth import auth
-from ihub.cli.common import IhubGroup, broker_url, emit, fail, require_schema, settings
+from ihub.cli.common import IhubGroup, broker_url, emit, require_schema, settings
 from ihub.cli.db import db
 from ihub.cli.dead import dead
 from ihub.cli.demo import demo
 from ihub.cli.services import beat, flower, stop, worker
 from ihub.cli.sync import sync
 from ihub.cli.watermark import watermark
-from pipeline.errors import ConfigError
 
 
 def _version() -> str:
@@ -68,29 +67,34 @@ def check(path: str) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="not loopback: needs auth")
 @click.option("--port", default=8780, show_default=True)
-@click.option("--flower-url", envvar="IHUB_FLOWER_URL", default=None, help="link Flower")
+@click.option("--flower-url", default=None, help="link Flower [default: IHUB_FLOWER_URL]")
 def web(host: str, port: int, flower_url: str | None) -> None:
-    """Serve the status page, its JSON API and /metrics.
+    """Serve the status page, its JSON API and /metrics (waitress, bounded threads and timeouts).
 
     Bound to anything but loopback it needs IHUB_WEB_USER and IHUB_WEB_PASSWORD (HTTP Basic).
+    Requests must name this host: its address, or a name in IHUB_WEB_PUBLIC_HOST.
     """
     from ihub.report import register_config_secrets
-    from ihub.web.server import auth_from_env, check_exposure, csrf_key_from_secret, serve_forever
+    from ihub.web import server
 
     current = settings()
     register_config_secrets(current.config_path)
-    try:
-        auth = auth_from_env(dict(os.environ))
-        check_exposure(host, auth)
-    except ConfigError as exc:
-        fail(str(exc))
+    env = dict(os.environ)
+    auth = server.auth_from_env(env)  # a ConfigError is one line (IhubGroup)
+    server.check_exposure(host, auth)
+    options: dict[str, Any] = {
+        "flower_url": flower_url or current.flower_url,
+        "auth": auth,
+        "limits": server.limits_from_env(env),
+        "public_hosts": server.public_hosts_from_env(env),
+        "due_in": current.reconcile_after,
+    }
     require_schema(current.database_url)
-    options: dict[str, Any] = {"flower_url": flower_url, "auth": auth}
-    options["due_in"] = current.reconcile_after
     if current.secret_key:  # every `ihub web` process accepts the others' CSRF tokens
-        options["csrf_key"] = csrf_key_from_secret(current.secret_key)
+        options["csrf_key"] = server.csrf_key_from_secret(current.secret_key)
     click.echo(f"status page on http://{host}:{port}/", err=True)
-    serve_forever(current.database_url, broker_url(current), host=host, port=port, **options)
+    url = current.database_url
+    server.serve_forever(url, broker_url(current), host=host, port=port, **options)
 
 
 @main.command()

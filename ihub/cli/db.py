@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ihub.cli.common import confirm, settings, yes_option
+from ihub.cli.common import confirm, fail, settings, yes_option
 
 
 @click.group()
@@ -21,7 +21,10 @@ def db_upgrade(revision: str, sql: bool) -> None:
 
     url = settings().database_url
     if sql:
-        click.echo(migrate.upgrade_sql(url, revision), nl=False)
+        try:
+            click.echo(migrate.upgrade_sql(url, revision), nl=False)
+        except ValueError as exc:
+            fail(str(exc))
         return
     migrate.upgrade(url, revision)
     click.echo(f"database at revision {migrate.current(url)}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import getpass
 import json
-import os
 import re
 import socket
 from collections.abc import Callable
@@ -32,7 +31,7 @@ def _actor() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return os.environ.get("IHUB_ACTOR") or f"{user}@{socket.gethostname()}"
+    return settings().actor or f"{user}@{socket.gethostname()}"
 
 
 def parse_span(text: str) -> timedelta:

@@ -12,21 +12,23 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 ihub \
  && useradd --system --uid 10001 --gid ihub --home-dir /var/lib/ihub --no-create-home \
         --shell /usr/sbin/nologin ihub \
- && mkdir -p /app /var/lib/ihub /config \
- && chown ihub:ihub /var/lib/ihub
+ && mkdir -p /app /var/lib/ihub/spool /config \
+ && chown -R ihub:ihub /var/lib/ihub
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: a code change does not reinstall them.
-COPY pyproject.toml ./
+# Dependencies first, in their own layer: a code change does not reinstall them. Versions come
+# from constraints.txt (the tested set, written by tools/constraints.py), so two builds of the
+# same commit install the same code.
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
 print('\n'.join(d['project']['dependencies']))" > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt -c constraints.txt \
  && rm /tmp/requirements.txt
 
 # Then the repository itself (.dockerignore keeps caches, local state and secrets out).
 COPY . .
-RUN pip install --no-deps . \
+RUN pip install --no-deps -c constraints.txt . \
  && rm -rf build *.egg-info
 
 USER ihub

@@ -10,15 +10,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from models import dashboard, deadletters, integrations, queue, runs
 from models.redaction import MASK, SECRET_NAME, redact
 from models.schema import IntegrationState, IntegrationStatus
 from pipeline.timefmt import from_version_string, utcnow
-from tasks.broker import redis_client
+from tasks import broker
 
 QUEUES = ("ihub.fetch", "ihub.process")
 DEFAULT_HOURS = 24
@@ -225,22 +221,8 @@ def mask_payload(value: Any) -> Any:
 
 
 def queue_depths(broker_url: str | None) -> dict[str, int] | None:
-    """LLEN of each Celery queue; None when there is no broker or it does not answer.
-
-    No retries: redis-py's default backoff would hold the page for seconds on a dead broker.
-    """
-    if not broker_url:
-        return None
-    client: redis.Redis | None = None
-    try:
-        client = redis_client(broker_url)
-        client.set_retry(Retry(NoBackoff(), 0))
-        return {name: int(client.llen(name)) for name in QUEUES}
-    except (redis.RedisError, OSError, ValueError):
-        return None
-    finally:
-        if client is not None:
-            client.close()
+    """Messages waiting in each Celery queue; None when there is no broker or it is down."""
+    return broker.queue_depths(broker_url, QUEUES) if broker_url else None
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -84,6 +84,15 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
     return engine
 
 
+def dialect_insert(session: Session, table: Any) -> Any:
+    """``INSERT`` with ``ON CONFLICT`` support for the session's dialect (PostgreSQL or SQLite,
+    the two ihub supports)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    name = session.get_bind().dialect.name
+    return (postgresql if name == "postgresql" else sqlite).insert(table)
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 

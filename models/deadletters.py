@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from models.db import session_scope
+from models.db import dialect_insert, session_scope
 from models.redaction import redact
 from models.schema import DeadLetter, DeadLetterAction, DeadReason, RecordStatus, StagedRecord
 from models.values import utcnow
@@ -102,7 +102,6 @@ def record(
     worker: str | None,
 ) -> None:
     """Insert the record's dead letter, or refresh it when it dies again after a requeue."""
-    from models.queue import dialect_insert
 
     now = utcnow()
     values = {

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models import deadletters
@@ -26,11 +25,6 @@ from models.values import SourceRecord, utcnow
 S = RecordStatus
 OPEN = (S.PENDING, S.PROCESSING, S.RETRYING)
 CHUNK = 1000
-
-
-def dialect_insert(session: Session, table: Any) -> Any:
-    name = session.get_bind().dialect.name
-    return (postgresql if name == "postgresql" else sqlite).insert(table)
 
 
 def stage(

@@ -171,6 +171,11 @@ class SqlSinkConfig(Strict):
         200, ge=1, le=1500, description="columns the source's fields may add; then _ihub_extra"
     )
 
+    @field_validator("url")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        return None if value is None else supported_database_url(value)
+
     @field_validator("table")
     @classmethod
     def _identifier(cls, value: str) -> str:
@@ -188,6 +193,26 @@ class SqlSinkConfig(Strict):
         if value.lower().startswith("_ihub_"):
             raise ValueError(f"{value!r}: names starting with _ihub_ are ihub's own columns")
         return value
+
+
+SUPPORTED_DATABASES = ("postgresql", "sqlite")
+
+
+def supported_database_url(value: str) -> str:
+    """A PostgreSQL or SQLite URL: the upsert the sink writes exists in those two dialects only
+    (``INSERT ... ON CONFLICT``); anything else would fail at the first write."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(value).get_backend_name()
+    except ArgumentError:
+        raise ValueError("expected a database URL such as postgresql://user@host/db") from None
+    if backend not in SUPPORTED_DATABASES:
+        raise ValueError(
+            f"{backend!r} databases are not supported: expected a postgresql:// or sqlite:// URL"
+        )
+    return value
 
 
 class RestSinkConfig(Strict):
@@ -276,23 +301,15 @@ class IntegrationConfig(Strict):
         return value if isinstance(value, str) else float(value)
 
 
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_CRON_NAMES = ("minute", "hour", "day of month", "month", "day of week")
-
-
 def _check_cron(text: str) -> None:
-    """Each of the 5 fields: *, numbers, ranges, lists and steps within the field's range."""
-    fields = text.split()
-    if len(fields) != 5:
+    """Only the shape: the fields themselves are judged by the scheduler's own parser.
+
+    ``tasks.schedule.load_checked_config`` hands each cron string to Celery's ``crontab``, the
+    code that will run it; a second parser here would disagree with it (``0 0 * * 7``,
+    ``0 9 * * mon``), and pipeline/ never imports Celery.
+    """
+    if len(text.split()) != 5:
         raise ValueError(f"expected seconds or a 5-field cron string, got {text!r}")
-    for field, (low, high), name in zip(fields, _CRON_RANGES, _CRON_NAMES, strict=True):
-        for part in field.split(","):
-            span, _, step = part.partition("/")
-            numbers = [] if span == "*" else span.split("-")
-            if (step and not step.isdigit()) or not all(n.isdigit() for n in numbers):
-                raise ValueError(f"cron {name} field {field!r}: expected numbers, ranges, * or /")
-            if any(not low <= int(n) <= high for n in numbers):
-                raise ValueError(f"cron {name} field {field!r}: values must be {low}-{high}")
 
 
 class HubConfig(Strict):

@@ -60,6 +60,13 @@ class Settings(BaseModel):
     def _comma_separated(cls, value: object) -> object:
         return tuple(old_keys_from(value)) if isinstance(value, str) else value
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        from pipeline.config import supported_database_url
+
+        return supported_database_url(value) if value else value
+
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url is None
@@ -88,5 +95,18 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
 def _problem(field: str, error: Mapping[str, Any]) -> str:
     """``<variable>: what was expected, got <value>``; a secret's value is never echoed."""
     secret = Settings.model_fields[field].repr is False
-    shown = "a value (hidden)" if secret else repr(error["input"])
+    shown = "a value (hidden)" if secret else repr(_without_password(error["input"]))
     return f"{ENV_NAMES[field]}: {error['msg'].lower()}, got {shown}"
+
+
+def _without_password(value: Any) -> Any:
+    """A URL's password masked (a database URL carries one); anything else as it is."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(value).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "a URL (hidden)"

@@ -3,14 +3,12 @@ writing the dead letters spooled during a database outage; redrive: a dead-lette
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
 
 from celeryconfig import PROCESS_QUEUE
 from pipeline import sync
 from pipeline.settings import Settings
-from tasks.broker import redis_client
+from tasks.broker import queue_depths
 from tasks.context import hub, leaving
 from tasks.records import dead_letter_spool, publish_records
 
@@ -55,14 +53,7 @@ def register(app: Celery, settings: Settings) -> None:
 
 
 def process_queue_depth(app: Celery) -> int | None:
-    """Messages waiting in the process queue; None when Redis does not say."""
-    prefix = app.conf.broker_transport_options.get("global_keyprefix", "")
-    client: Any = None
-    try:
-        client = redis_client(str(app.conf.broker_url))
-        return int(client.llen(f"{prefix}{PROCESS_QUEUE}"))
-    except Exception:
-        return None
-    finally:
-        if client is not None:
-            client.close()
+    """Messages waiting in the process queue; None when the broker does not say."""
+    options = app.conf.broker_transport_options
+    depths = queue_depths(str(app.conf.broker_url), [PROCESS_QUEUE], options)
+    return None if depths is None else depths[PROCESS_QUEUE]

@@ -12,7 +12,7 @@ from pipeline.errors import TransientError, redacted_error
 from pipeline.retry import backoff_seconds
 from pipeline.settings import Settings
 from pipeline.spool import KEY, Spool, is_database_outage
-from tasks.broker import redis_client
+from tasks.broker import redis_client, start_broker
 from tasks.context import hub, leaving
 
 # A database outage is retried by Celery on its own budget: about 25 minutes at 30 s apart;
@@ -65,6 +65,7 @@ def register(app: Celery, settings: Settings) -> None:
 
 def publish_records(app: Celery, row_ids: list[int]) -> None:
     """One process_record per row, over one pooled producer connection."""
+    start_broker(app)
     task: Any = app.tasks["ihub.process_record"]
     with app.producer_or_acquire() as producer:
         for row_id in row_ids:

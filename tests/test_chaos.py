@@ -282,7 +282,7 @@ def test_5_one_percent_poisoned_then_fixed_and_requeued(
 
         with get_engine(pg_url).begin() as connection:
             connection.execute(text("ALTER TABLE incidents ALTER COLUMN priority TYPE TEXT"))
-        result = CliRunner().invoke(main, ["dead", "requeue", "--all", "--json"])
+        result = CliRunner().invoke(main, ["dead", "requeue", "--all", "--yes", "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["requeued"] == 10
         wait_until(lambda: settled(pg_url), timeout=120, what="requeued settled")

@@ -22,6 +22,13 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERVICES = {"redis", "postgres", "migrate", "worker", "beat", "flower", "web"}
 IHUB_SERVICES = ("migrate", "worker", "beat", "flower", "web")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# Every secret the file requires (${VAR:?}); test values, set only for `config`.
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-test-only",
+    "IHUB_SECRET_KEY": "k" * 40,
+    "IHUB_WEB_PASSWORD": "web-test-only",
+    "FLOWER_PASSWORD": "flower-test-only",
+}
 
 
 def _docker_compose() -> str:
@@ -34,9 +41,12 @@ def _docker_compose() -> str:
     return path
 
 
-def _config(extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _config(
+    extra_env: dict[str, str] | None = None, *, secrets: bool = True
+) -> subprocess.CompletedProcess[str]:
     # A minimal environment, so the defaults in the file are what gets tested, not this shell's.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(extra_env or {})}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env |= (SECRETS if secrets else {}) | (extra_env or {})
     return subprocess.run(
         [_docker_compose(), "-f", str(COMPOSE_FILE), "config"],
         cwd=ROOT,
@@ -87,9 +97,71 @@ def _replicas(service: dict[str, Any]) -> int:
 
 
 def test_config_is_valid() -> None:
-    """docker-compose accepts the file and resolves it with nothing set in the environment."""
+    """docker-compose accepts the file and resolves it once the required secrets are set."""
     result = _config()
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_config_fails_without_each_secret(missing: str) -> None:
+    """Leave out any one secret and `docker-compose config` fails, naming it: no public default."""
+    result = _config({k: v for k, v in SECRETS.items() if k != missing}, secrets=False)
+    assert result.returncode != 0
+    assert f"set {missing}" in result.stderr, result.stderr
+
+
+def test_no_obsolete_version_key() -> None:
+    """The file follows the Compose Specification: no top-level `version:` key."""
+    assert "version" not in yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.mark.parametrize(("name", "node"), [("worker", "worker"), ("beat", "celerybeat")])
+def test_worker_and_beat_ping_their_own_node(
+    services: dict[str, Any], name: str, node: str
+) -> None:
+    """The healthcheck pings the container's own node, the name the command gives it."""
+    service = services[name]
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    assert f"celery -A tasks inspect ping -d {node}@$$HOSTNAME" in test[1] or (
+        f"celery -A tasks inspect ping -d {node}@$HOSTNAME" in test[1]
+    )
+    argv = [str(a) for a in service["command"]]
+    assert argv[argv.index("--hostname") + 1] == f"{node}@%h"
+    if name == "beat":
+        assert "--enable-remote-control" in argv
+
+
+def test_dead_letter_spool_is_on_a_volume(services: dict[str, Any]) -> None:
+    """The worker's $IHUB_HOME/spool is a named volume, so a spooled verdict survives it."""
+    home = _env(services["worker"])["IHUB_HOME"]
+    mounts = {
+        (v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2])
+        for v in services["worker"]["volumes"]
+    }
+    assert ("spool-data", f"{home}/spool") in mounts
+
+
+def test_image_installs_the_pinned_versions() -> None:
+    """The Dockerfile installs with constraints.txt, whose pins satisfy pyproject's ranges."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install -r /tmp/requirements.txt -c constraints.txt" in dockerfile
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    pins = {canonicalize_name(name): version for name, version in pins.items()}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        pinned = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(pinned), (text, pinned)
 
 
 def test_all_services_present(services: dict[str, Any]) -> None:
@@ -117,7 +189,8 @@ def test_every_ihub_service_shares_the_common_env(services: dict[str, Any]) -> N
 
 
 def test_secrets_come_from_the_environment() -> None:
-    """Passwords and the secret key are ${VAR} references: set values replace the defaults."""
+    """Passwords and the secret key come from the environment; Flower's login is an
+    environment variable, not a command-line argument."""
     result = _config(
         {"POSTGRES_PASSWORD": "pg-s3cret", "IHUB_SECRET_KEY": "k" * 40, "FLOWER_PASSWORD": "fl0wer"}
     )
@@ -126,7 +199,8 @@ def test_secrets_come_from_the_environment() -> None:
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pg-s3cret"
     assert _env(services["worker"])["IHUB_DATABASE_URL"].startswith("postgresql://ihub:pg-s3cret@")
     assert _env(services["beat"])["IHUB_SECRET_KEY"] == "k" * 40
-    assert "--basic-auth=admin:fl0wer" in services["flower"]["command"]
+    assert _env(services["flower"])["IHUB_FLOWER_BASIC_AUTH"] == "admin:fl0wer"
+    assert not any("fl0wer" in str(arg) for arg in services["flower"]["command"])
     raw = COMPOSE_FILE.read_text()
     assert "pg-s3cret" not in raw and "fl0wer" not in raw
 

@@ -293,13 +293,15 @@ def test_unknown_integration_lists_known_names() -> None:
 
 def test_cron_with_out_of_range_field_rejected(tmp_path: Path) -> None:
     """A 5-field cron string with an impossible minute is a config error, not a beat crash."""
+    from tasks.schedule import load_checked_config
 
     def cron(d: dict[str, Any]) -> None:
         inc(d)["schedule"] = "61 * * * *"
 
     path = write(tmp_path, variant(cron))
-    error = config_error(path)
-    problem_line(error, path, "integrations.incidents.schedule")
+    with pytest.raises(ConfigError) as caught:
+        load_checked_config(path, env=ENV)
+    assert "minute '61'" in problem_line(caught.value, path, "integrations.incidents.schedule")
 
 
 def test_unknown_delta_timezone_rejected(tmp_path: Path) -> None:

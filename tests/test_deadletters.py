@@ -258,7 +258,7 @@ def test_cli_requeue_and_purge_need_a_selection(cli_env: list[int], letters: dic
     for args in (["requeue"], ["purge", "--older-than", "30d"]):
         result = CliRunner().invoke(main, ["dead", *args])
         assert result.exit_code == 2 and "--all" in result.output
-    assert cli("purge", "--older-than", "30d", "--all") == {"purged": 0, "would_purge": 0}
+    assert cli("purge", "--older-than", "30d", "--all", "--yes") == {"purged": 0, "would_purge": 0}
 
 
 def test_show_masks_secret_looking_payload_fields(cli_env: list[int], sqlite_url: str) -> None:

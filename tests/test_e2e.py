@@ -110,7 +110,7 @@ def test_permanent_failure_dead_letters_at_once_and_requeue_brings_it_home(
 
         from ihub.cli import main
 
-        result = CliRunner().invoke(main, ["dead", "requeue", "--all", "--json"])
+        result = CliRunner().invoke(main, ["dead", "requeue", "--all", "--yes", "--json"])
         assert result.exit_code == 0, result.output
         assert '"requeued": 1' in result.output
         wait_for_run(hub.database_url, run.run_id, timeout=120)

@@ -70,7 +70,7 @@ def test_metrics_parse_with_the_exact_figures(server: ServerHandle) -> None:
     assert value(s, records, integration="erp", outcome="done") == 1
     assert value(s, records, integration="erp", outcome="dead") == 1
     assert value(s, "ihub_record_retries_total", integration="crm") == 20  # 3x2 + 3x4 + 2x1
-    assert value(s, "ihub_records_by_status", integration="crm", status="pending") == 4
+    assert value(s, "ihub_staged_records", integration="crm", status="pending") == 4
     bucket = "ihub_record_processing_seconds_bucket"
     # crm done: 10, 20, ..., 200 ms and 5 x 1000 ms
     assert value(s, bucket, integration="crm", le="0.01") == 1

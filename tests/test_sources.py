@@ -362,12 +362,14 @@ def test_watermark_show_and_reset(
     assert shown["watermark"] == {"updated": "2024-05-01T12:00:02.000000Z", "id": "REC000003"}
     assert shown["next_fetch_from"] == "2024-05-01T11:59:32.000000Z"
     assert shown["last_run"]["status"] == "ok"
-    moved = runner.invoke(main, ["watermark", "reset", NAME, "--to", "2024-04-30 08:00:00"])
+    moved = runner.invoke(
+        main, ["watermark", "reset", NAME, "--to", "2024-04-30 08:00:00", "--yes"]
+    )
     assert moved.exit_code == 0 and "was: 2024-05-01T12:00:02.000000Z" in moved.output
     assert integrations.watermark(sqlite_url, NAME) == Watermark(
         datetime(2024, 4, 30, 8, tzinfo=UTC), ""
     )
-    cleared = runner.invoke(main, ["watermark", "reset", NAME])
+    cleared = runner.invoke(main, ["watermark", "reset", NAME, "--yes"])
     assert "none (next fetch: full load)" in cleared.output
     assert integrations.watermark(sqlite_url, NAME) is None
     bad = runner.invoke(main, ["watermark", "reset", NAME, "--to", "yesterday"])

@@ -1,40 +1,40 @@
-"""The ``ihub`` command: thin click commands over the models and engine functions."""
+"""The ``ihub`` command: thin click commands over the models and engine functions.
+
+Each command group lives in its own module; ``common`` holds what they share (one-line
+failures, confirmation, settings). Expected failures print ``error: ...`` and exit non-zero,
+never a traceback.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import click
 
+from ihub.cli.auth import auth
+from ihub.cli.common import IhubGroup, broker_url, emit, require_schema, settings
+from ihub.cli.db import db
+from ihub.cli.dead import dead
+from ihub.cli.demo import demo
+from ihub.cli.services import beat, flower, stop, worker
+from ihub.cli.sync import sync
+from ihub.cli.watermark import watermark
 from pipeline.errors import ConfigError
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _settings() -> Any:
-    from pipeline.settings import settings_from_env
-
+def _version() -> str:
     try:
-        return settings_from_env()
-    except ConfigError as exc:
-        _fail(str(exc))
+        return version("ihub")
+    except PackageNotFoundError:  # a checkout run without `pip install -e .`
+        return "unknown"
 
 
-def _emit(data: Any, as_json: bool, render: Any) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        render(data)
-
-
-@click.group()
+@click.group(cls=IhubGroup)
+@click.version_option(_version(), "--version", "-V", prog_name="ihub")
 def main() -> None:
     """ihub: keep a target in step with an OAuth 2.0 REST API, on Celery."""
     import logging
@@ -53,7 +53,7 @@ def _learn_config_secrets() -> None:
 
     # a broken environment is reported by the command that needs it
     with contextlib.suppress(ConfigError):
-        register_config_secrets(_settings().config_path)
+        register_config_secrets(settings().config_path)
 
 
 @main.command()
@@ -66,15 +66,13 @@ def _learn_config_secrets() -> None:
     help="integration definitions",
 )
 def check(path: str) -> None:
-    """Validate the config and print it with secrets masked."""
+    """Validate the config as the workers and beat will, and print it with secrets masked."""
     import yaml
 
-    from pipeline.config import load_config, masked
+    from pipeline.config import masked
+    from tasks.schedule import load_checked_config
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _fail(str(exc))
+    config = load_checked_config(path)
     click.echo(yaml.safe_dump(masked(config), sort_keys=False))
     _warn_secret_key(config)
     click.echo(f"ok: {len(config.integrations)} integration(s) in {path}", err=True)
@@ -87,71 +85,9 @@ def _warn_secret_key(config: Any) -> None:
     if "'type': 'oauth2'" not in str(config.model_dump(mode="json")):
         return
     try:
-        check_key(os.environ.get("IHUB_SECRET_KEY"))
+        check_key(settings().secret_key)
     except ConfigError as exc:
         click.echo(f"warning: {exc}", err=True)
-
-
-@main.group()
-def db() -> None:
-    """Database schema."""
-
-
-@db.command("upgrade")
-def db_upgrade() -> None:
-    """Apply the migrations to IHUB_DATABASE_URL (SQLite or Postgres)."""
-    from models.migrate import current, upgrade
-
-    settings = _settings()
-    upgrade(settings.database_url)
-    click.echo(f"database at revision {current(settings.database_url)}")
-
-
-_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
-
-
-def _exec_celery(kind: str, args: list[str]) -> None:
-    from ihub.cli.runner import celery_command
-
-    command = celery_command(kind, args)
-    os.execv(command[0], command)
-
-
-@main.command(context_settings=_PASSTHROUGH)
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """Run a worker; Celery's own options pass through (--concurrency, --hostname, -Q ...)."""
-    args = list(celery_args)
-    if not any(a.startswith(("-l", "--loglevel")) for a in args):
-        args += ["--loglevel", "INFO"]
-    _exec_celery("worker", args)
-
-
-@main.command(context_settings=_PASSTHROUGH)
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def beat(celery_args: tuple[str, ...]) -> None:
-    """Run the scheduler (exactly one per deployment); Celery's options pass through."""
-    settings = _settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    args = ["--schedule", str(settings.home / "celerybeat-schedule"), *celery_args]
-    _exec_celery("beat", args)
-
-
-@main.command(context_settings=_PASSTHROUGH)
-@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(flower_args: tuple[str, ...]) -> None:
-    """Run Flower against the same broker (in-memory history, capped; 127.0.0.1 by default).
-
-    Any other --address needs --basic-auth=user:password or IHUB_FLOWER_BASIC_AUTH.
-    """
-    from ihub.cli.flower import prepare
-
-    try:
-        args, env = prepare(flower_args, os.environ)
-    except ConfigError as exc:
-        _fail(str(exc))
-    os.environ.update(env)
-    _exec_celery("flower", args)
 
 
 @main.command()
@@ -167,95 +103,49 @@ def web(host: str, port: int, flower_url: str | None) -> None:
     from ihub.report import register_config_secrets
     from ihub.web import server
 
-    settings = _settings()
-    register_config_secrets(settings.config_path)
+    current = settings()
+    register_config_secrets(current.config_path)
     env = dict(os.environ)
-    try:
-        auth = server.auth_from_env(env)
-        server.check_exposure(host, auth)
-        options: dict[str, Any] = {
-            "flower_url": flower_url or settings.flower_url,
-            "auth": auth,
-            "limits": server.limits_from_env(env),
-            "public_hosts": server.public_hosts_from_env(env),
-        }
-    except ConfigError as exc:
-        _fail(str(exc))
-    options["due_in"] = settings.reconcile_after
-    if settings.secret_key:  # every `ihub web` process accepts the others' CSRF tokens
-        options["csrf_key"] = server.csrf_key_from_secret(settings.secret_key)
-    click.echo(f"status page on http://{host}:{port}/", err=True)
-    url = settings.database_url
-    server.serve_forever(url, _broker_url(settings), host=host, port=port, **options)
-
-
-def _broker_url(settings: Any) -> str | None:
-    if settings.broker_url:
-        return str(settings.broker_url)
-    from tasks.broker import SOCKET
-
-    socket = settings.home / SOCKET
-    return f"redis+socket://{socket}" if socket.exists() else None
-
-
-@main.command()
-@click.argument("name")
-@click.option("--wait", is_flag=True, help="block until every record of this run is done or dead")
-@click.option("--timeout", default=3600.0, show_default=True, help="seconds --wait waits")
-@click.option("--json", "as_json", is_flag=True)
-def sync(name: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Fetch one delta of NAME now; the records go to the workers."""
-    run_sync(name, wait=wait, timeout=timeout, as_json=as_json)
-
-
-def run_sync(
-    name: str, *, wait: bool, timeout: float, as_json: bool, full_refresh: bool = False
-) -> None:
-    """One fetch in this process (``ihub sync``, ``ihub watermark refresh``); exit 1 unless ok."""
-    from ihub.cli.runner import wait_for_run
-    from pipeline import sync as engine
-    from pipeline.hub import Hub
-    from tasks.app import get_app
-    from tasks.records import publish_records
-
-    try:
-        hub = Hub.from_env()
-        hub.integration(name)
-    except ConfigError as exc:
-        _fail(str(exc))
-    app = get_app()
-    result = engine.fetch_delta(
-        hub,
-        name,
-        lambda ids: publish_records(app, ids),
-        owner="cli-refresh" if full_refresh else "cli",
-        full_refresh=full_refresh,
-    )
-    data: dict[str, Any] = {
-        "integration": name,
-        "status": result.status,
-        "run_id": result.run_id,
-        "pages": result.pages,
-        "fetched": result.fetched,
-        "staged": result.staged,
+    auth = server.auth_from_env(env)  # a ConfigError is one line (IhubGroup)
+    server.check_exposure(host, auth)
+    options: dict[str, Any] = {
+        "flower_url": flower_url or current.flower_url,
+        "auth": auth,
+        "limits": server.limits_from_env(env),
+        "public_hosts": server.public_hosts_from_env(env),
+        "due_in": current.reconcile_after,
     }
-    if wait and result.run_id is not None:
-        data["counts"] = wait_for_run(hub.database_url, result.run_id, timeout=timeout)
-    _emit(data, as_json, lambda d: click.echo(" ".join(f"{k}={v}" for k, v in d.items())))
-    if result.status != "ok":
-        sys.exit(1)
+    require_schema(current.database_url)
+    if current.secret_key:  # every `ihub web` process accepts the others' CSRF tokens
+        options["csrf_key"] = server.csrf_key_from_secret(current.secret_key)
+    click.echo(f"status page on http://{host}:{port}/", err=True)
+    url = current.database_url
+    server.serve_forever(url, broker_url(current), host=host, port=port, **options)
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="the same document as /api/status")
 @click.option("--hours", default=24.0, show_default=True, help="window for rates and times")
-def status(as_json: bool, hours: float) -> None:
-    """Per integration: state, last success, watermark lag, tokens, records; and the widgets."""
+@click.option("--check", "check_health", is_flag=True, help="exit 1 if one is failing or paused")
+def status(as_json: bool, hours: float, check_health: bool) -> None:
+    """Per integration: state, last success, watermark lag, tokens, records; and the widgets.
+
+    With --check, exits 1 when an integration is failing or paused (for cron and monitoring).
+    """
     from ihub.report import collect_status
 
-    settings = _settings()
-    report = collect_status(settings.database_url, _broker_url(settings), hours=hours)
-    _emit(report, as_json, _render_status)
+    current = settings()
+    require_schema(current.database_url)
+    report = collect_status(current.database_url, broker_url(current), hours=hours)
+    emit(report, as_json, _render_status)
+    unhealthy = [f"{i['name']} {i['state']}" for i in report["integrations"] if _unhealthy(i)]
+    if check_health and unhealthy:
+        click.echo(f"unhealthy: {', '.join(unhealthy)}", err=True)
+        sys.exit(1)
+
+
+def _unhealthy(integration: dict[str, Any]) -> bool:
+    return integration["state"] in ("failing", "paused")
 
 
 def _render_status(report: dict[str, Any]) -> None:
@@ -263,14 +153,15 @@ def _render_status(report: dict[str, Any]) -> None:
 
     for line in render_text(report):
         click.echo(line)
+    current = settings()
+    if not current.broker_url:
+        from tasks.broker import embedded_running
+
+        running = embedded_running(current.home)
+        click.echo(
+            f"embedded broker: {'running (stop it with `ihub stop`)' if running else 'stopped'}"
+        )
 
 
-from ihub.cli.auth import auth  # noqa: E402  (subcommand groups live in their own modules)
-from ihub.cli.dead import dead  # noqa: E402
-from ihub.cli.demo import demo  # noqa: E402
-from ihub.cli.watermark import watermark  # noqa: E402
-
-main.add_command(dead)
-main.add_command(auth)
-main.add_command(demo)
-main.add_command(watermark)
+for _command in (db, worker, beat, flower, stop, sync, dead, auth, demo, watermark):
+    main.add_command(_command)

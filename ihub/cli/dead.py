@@ -12,22 +12,17 @@ import getpass
 import json
 import re
 import socket
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 
+from ihub.cli.common import confirm, fail, settings, yes_option
+
 REASONS = ("transient", "permanent", "crash")
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _settings() -> Any:
-    from pipeline.settings import settings_from_env
-
-    return settings_from_env()
 
 
 def _actor() -> str:
@@ -36,7 +31,7 @@ def _actor() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return _settings().actor or f"{user}@{socket.gethostname()}"
+    return settings().actor or f"{user}@{socket.gethostname()}"
 
 
 def parse_span(text: str) -> timedelta:
@@ -99,8 +94,7 @@ def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _need_selection(selection: Any) -> None:
     if selection.empty:
-        click.echo("error: name row ids, a filter (--integration ...), or --all", err=True)
-        sys.exit(2)
+        fail("name row ids, a filter (--integration ...), or --all")
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
@@ -126,7 +120,7 @@ def dead_list(selection: Any, limit: int, offset: int, as_json: bool) -> None:
 
     if selection.empty:
         selection = replace(selection, everything=True)
-    rows = list_letters(_settings().database_url, selection, limit=limit, offset=offset)
+    rows = list_letters(settings().database_url, selection, limit=limit, offset=offset)
     lines = [
         f"{r['row_id']:>8} {r['last_failed_at']} {r['integration']} {r['record_id']} "
         f"[{r['reason']}] {r['error_class']}: {r['message'][:100]}"
@@ -142,10 +136,9 @@ def dead_show(row_id: int, as_json: bool) -> None:
     """One dead letter: payload (secrets masked), traceback, attempts, requeues."""
     from ihub.report import dead_letter
 
-    row = dead_letter(_settings().database_url, row_id)
+    row = dead_letter(settings().database_url, row_id)
     if row is None:
-        click.echo(f"error: no dead letter for row {row_id}", err=True)
-        sys.exit(1)
+        fail(f"no dead letter for row {row_id}", code=1)
     lines = [
         f"{key}: {json.dumps(value, indent=2) if isinstance(value, dict | list) else value}"
         for key, value in row.items()
@@ -161,7 +154,10 @@ def dead_show(row_id: int, as_json: bool) -> None:
 @click.option("--rate", default=50.0, show_default=True, help="records published a second")
 @click.option("--batch", default=100, show_default=True, help="records per transaction")
 @click.option("--json", "as_json", is_flag=True)
-def dead_requeue(selection: Any, dry_run: bool, rate: float, batch: int, as_json: bool) -> None:
+@yes_option
+def dead_requeue(
+    selection: Any, dry_run: bool, rate: float, batch: int, as_json: bool, yes: bool
+) -> None:
     """Send dead letters back to the workers, rate-limited; the current transform and mapping
     run on the stored source record, so a fix made since applies."""
     from models.deadletters import requeue
@@ -169,16 +165,18 @@ def dead_requeue(selection: Any, dry_run: bool, rate: float, batch: int, as_json
     from tasks.records import publish_records
 
     _need_selection(selection)
-    settings = _settings()
+    if selection.everything and not dry_run:
+        confirm("requeue every dead letter?", yes)
+    current = settings()
     result = requeue(
-        settings.database_url,
+        current.database_url,
         selection,
         actor=_actor(),
         publish=lambda ids: publish_records(get_app(), ids),
         dry_run=dry_run,
         rate=rate if rate > 0 else None,
         batch=batch,
-        due_in=settings.reconcile_after,
+        due_in=current.reconcile_after,
     )
     verb = "would requeue" if dry_run else "requeued"
     _emit(result.as_dict(), as_json, f"{verb} {len(result.row_ids)} record(s)")
@@ -190,13 +188,16 @@ def dead_requeue(selection: Any, dry_run: bool, rate: float, batch: int, as_json
 @click.option("--all", "everything", is_flag=True, help="no other filter: every integration")
 @click.option("--dry-run", is_flag=True, help="count what would go, delete nothing")
 @click.option("--json", "as_json", is_flag=True)
-def dead_purge(selection: Any, older_than: str, dry_run: bool, as_json: bool) -> None:
+@yes_option
+def dead_purge(selection: Any, older_than: str, dry_run: bool, as_json: bool, yes: bool) -> None:
     """Delete old dead letters (retention); requeued ones are history and go as well."""
     from models.deadletters import purge
 
     _need_selection(selection)
+    if not dry_run:
+        confirm(f"delete the selected dead letters older than {older_than}?", yes)
     count = purge(
-        _settings().database_url,
+        settings().database_url,
         older_than=parse_span(older_than),
         selection=selection,
         actor=_actor(),
@@ -218,7 +219,7 @@ def dead_history(limit: int, action: str | None, as_json: bool) -> None:
     """Every requeue, redrive and purge: when, who, what was selected, how many."""
     from models.deadletters import actions
 
-    rows = actions(_settings().database_url, limit=limit, action=action)
+    rows = actions(settings().database_url, limit=limit, action=action)
     lines = [
         f"{a['at']} {a['action']:<8} {a['count']:>6} by {a['actor']}: "
         f"{json.dumps(a['selection'], sort_keys=True)}"

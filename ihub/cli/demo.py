@@ -42,9 +42,11 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
 
     settings = settings_from_env()
     upgrade(settings.database_url)
-    from tasks.app import get_app  # starts the embedded broker when IHUB_BROKER_URL is unset
+    from tasks.app import get_app
+    from tasks.broker import start_broker
 
     app = get_app()
+    start_broker(app)  # the demo owns the embedded broker: stopped in the finally below
     worker = start_celery(
         "worker",
         ["--concurrency", str(concurrency), "--loglevel", "WARNING", "--hostname", "demo@%h"],
@@ -91,23 +93,18 @@ def _demo_env(home: Path, url: str, client_secret: str) -> dict[str, str]:
 
 
 def _page_options() -> dict[str, Any]:
-    from ihub.cli import _fail
+    """The page's limits and public hosts (a ConfigError is one line: IhubGroup)."""
     from ihub.web.server import limits_from_env, public_hosts_from_env
-    from pipeline.errors import ConfigError
 
     env = dict(os.environ)
-    try:
-        return {"limits": limits_from_env(env), "public_hosts": public_hosts_from_env(env)}
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise  # unreachable: _fail exits
+    return {"limits": limits_from_env(env), "public_hosts": public_hosts_from_env(env)}
 
 
 def _start_page(settings: Any, port: int, options: dict[str, Any]) -> Any:
-    from ihub.cli import _broker_url
+    from ihub.cli.common import broker_url
     from ihub.web.server import serve
 
-    broker, due_in = _broker_url(settings), settings.reconcile_after
+    broker, due_in = broker_url(settings), settings.reconcile_after
     try:
         return serve(settings.database_url, broker, port=port, due_in=due_in, **options)
     except OSError:

@@ -7,30 +7,20 @@ next page (compare-and-set) and stops, and the next fetch starts from the new pl
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+from ihub.cli.common import confirm, settings, yes_option
 
 
 def _context(name: str) -> tuple[str, Any]:
-    """The database URL and the integration's config; exits on an unknown name."""
+    """The database URL and the integration's config (a ConfigError is one line: IhubGroup)."""
     from pipeline.config import load_config
-    from pipeline.errors import ConfigError
-    from pipeline.settings import settings_from_env
 
-    settings = settings_from_env()
-    try:
-        return settings.database_url, load_config(settings.config_path).get(name)
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise  # unreachable: _fail exits
+    current = settings()
+    return current.database_url, load_config(current.config_path).get(name)
 
 
 def parse_moment(text: str) -> datetime:
@@ -104,7 +94,8 @@ def watermark_show(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--to", "to", default=None, help="new watermark; default: none (a full load)")
 @click.option("--json", "as_json", is_flag=True)
-def watermark_reset(name: str, to: str | None, as_json: bool) -> None:
+@yes_option
+def watermark_reset(name: str, to: str | None, as_json: bool, yes: bool) -> None:
     """Move the watermark of NAME to TIME (a backfill from there), or clear it.
 
     Records already staged are not staged again unless they changed: the sink sees each
@@ -116,6 +107,7 @@ def watermark_reset(name: str, to: str | None, as_json: bool) -> None:
     url, config = _context(name)
     before = _describe(url, name, config)["watermark"]
     moment = parse_moment(to).astimezone(UTC) if to else None
+    confirm(f"move the watermark of {name} to {to or 'none (a full load)'}?", yes)
     integrations.set_watermark(url, name, Watermark(moment, "") if moment else None)
     after = _describe(url, name, config)
     if as_json:
@@ -132,6 +124,6 @@ def watermark_reset(name: str, to: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def watermark_refresh(name: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Full refresh of NAME now: read everything and rewrite every row (one per key)."""
-    from ihub.cli import run_sync
+    from ihub.cli.sync import run_sync
 
     run_sync(name, wait=wait, timeout=timeout, as_json=as_json, full_refresh=True)

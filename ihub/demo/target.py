@@ -28,6 +28,7 @@ class DemoTarget(DemoSource):
         self._items: dict[str, dict[str, Any]] = {}
         self.counters.update(item_writes=0, stale_writes=0)
         self.issued: list[str] = []  # every token handed out, so tests can grep logs for them
+        self.tokens.on_issue.append(self._record_issued)
 
     @property
     def items_url(self) -> str:
@@ -37,10 +38,8 @@ class DemoTarget(DemoSource):
         with self._lock:
             return copy.deepcopy(self._items)
 
-    def _issue(self, *, refresh: bool, scope: str | None = None) -> Response:
-        status, payload, headers = super()._issue(refresh=refresh, scope=scope)
+    def _record_issued(self, payload: dict[str, Any]) -> None:
         self.issued += [payload[k] for k in ("access_token", "refresh_token") if k in payload]
-        return status, payload, headers
 
     def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Response:
         path = urlsplit(raw_path).path
@@ -51,7 +50,7 @@ class DemoTarget(DemoSource):
             return fault
         with self._lock:
             self.counters["api_requests"] += 1
-            if not self._bearer_ok(headers.get("authorization")):
+            if not self.tokens.bearer_ok(headers.get("authorization")):
                 self.counters["api_401"] += 1
                 challenge = 'Bearer realm="ihub-demo-target", error="invalid_token"'
                 return 401, {"error": "invalid_token"}, {"WWW-Authenticate": challenge}

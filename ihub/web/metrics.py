@@ -60,6 +60,7 @@ class IhubCollector(Collector):
         yield from self._integrations()
         yield from self._tokens()
         yield from self._queues()
+        yield _build_info()
 
     def _records(self, stats: dashboard.RecordStats, letters: list[Letters]) -> Iterator[Metric]:
         outcomes = CounterMetricFamily(
@@ -73,8 +74,8 @@ class IhubCollector(Collector):
             labels=["integration"],
         )
         current = GaugeMetricFamily(
-            "ihub_records_by_status",
-            "Staged records now in each status.",
+            "ihub_staged_records",
+            "Staged records now in each status (a gauge: it falls as records finish).",
             labels=["integration", "status"],
         )
         retried: dict[str, int] = {}
@@ -176,6 +177,19 @@ class IhubCollector(Collector):
         for name, n in (depths or {}).items():
             depth.add_metric([name], n)
         yield from (up, depth)
+
+
+def _build_info() -> Metric:
+    """``ihub_build_info{version}`` = 1: which release each scrape target runs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("ihub")
+    except PackageNotFoundError:
+        release = "unknown"
+    info = GaugeMetricFamily("ihub_build_info", "The running ihub release.", labels=["version"])
+    info.add_metric([release], 1.0)
+    return info
 
 
 def _histogram(

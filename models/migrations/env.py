@@ -1,13 +1,28 @@
-"""Alembic environment: the URL comes from the caller (``ihub db upgrade``), not from a file."""
+"""Alembic environment: the URL comes from the caller (``ihub db ...``), not from a file.
+
+Online, it migrates through our own engine; offline (``ihub db upgrade --sql``) it writes the
+SQL for the URL's dialect without connecting.
+"""
 
 from __future__ import annotations
 
 from alembic import context
 
-from models.db import get_engine
+from models.db import get_engine, normalize_url
 from models.schema import Base
 
 config = context.config
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=normalize_url(config.get_main_option("sqlalchemy.url") or ""),
+        target_metadata=Base.metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 def run_migrations_online() -> None:
@@ -23,4 +38,7 @@ def run_migrations_online() -> None:
         connection.commit()
 
 
-run_migrations_online()
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -146,15 +146,65 @@ class SqlSinkConfig(Strict):
         return value
 
 
-class RestSinkConfig(Strict):
-    """Another system's REST API as the target: one request per record, keyed by its id.
+class LookupConfig(Strict):
+    """How to find the target's record for a source key when the target assigns its own ids.
 
-    The body carries ``version_field`` (the record's version) so that a target which compares
-    versions can refuse a stale write; a refusal with one of ``stale_status`` counts as done.
+    ``params`` is the query of the search (``{key}`` stands for the source key), for example
+    ServiceNow's ``sysparm_query: correlation_id={key}``; ``records`` is the dotted path of the
+    list in its answer, ``id`` the path of the target id within one found record, and
+    ``created_id`` its path in the answer to a create (default ``records.id``).
+    """
+
+    field: str = Field(description="the target field holding the source key, e.g. correlation_id")
+    url: str | None = Field(None, description="search URL; default: the sink's url")
+    params: dict[str, str] | None = Field(None, description="default: {field: '{key}'}")
+    syntax: Literal["plain", "servicenow"] = "plain"
+    records: str = ""
+    id: str = "id"
+    created_id: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value)
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(self.params) if self.params is not None else {self.field: "{key}"}
+
+    @property
+    def created_id_path(self) -> str:
+        if self.created_id is not None:
+            return self.created_id
+        return f"{self.records}.{self.id}" if self.records else self.id
+
+
+class RestDeletesConfig(Strict):
+    """How a deletion reaches the target: DELETE the record, or PATCH it with ``body`` (a
+    state change such as ``{state: "7"}``, the record kept)."""
+
+    method: Literal["DELETE", "PATCH", "PUT"] = "DELETE"
+    body: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _body_for_patch(self) -> RestDeletesConfig:
+        if self.method != "DELETE" and not self.body:
+            raise ValueError(f"method {self.method} needs a 'body' (the state change to send)")
+        return self
+
+
+class RestSinkConfig(Strict):
+    """Another system's REST API as the target: one request per record.
+
+    Without ``lookup``, ``url`` is the record's URL ({id}: the url-quoted key) and the body
+    carries ``version_field`` so a target comparing versions can refuse a stale write (a
+    refusal with one of ``stale_status`` counts as done). With ``lookup``, ``url`` is the
+    collection: the record is found by its match field, then updated by its target id
+    (``item_url``), or created with a POST; ihub keeps the id map and the version guard.
     """
 
     type: Literal["rest"]
-    url: str = Field(description="the record's URL; {id} is replaced by the url-quoted key")
+    url: str = Field(description="the record's URL ({id}), or the collection URL with lookup")
     method: Literal["PUT", "POST", "PATCH"] = "PUT"
     key: str = "id"
     auth: AuthConfig | None = None
@@ -162,13 +212,37 @@ class RestSinkConfig(Strict):
     timeout: float = Field(30.0, gt=0)
     version_field: str | None = "_ihub_version"
     stale_status: list[int] = Field(default_factory=lambda: [409, 412])
+    lookup: LookupConfig | None = None
+    item_url: str | None = Field(None, description="default: {url}/{target_id}")
+    update_method: Literal["PATCH", "PUT"] = "PATCH"
+    idempotency_key: bool = Field(True, description="send an Idempotency-Key on writes")
+    idempotency_header: str = "Idempotency-Key"
+    deletes: RestDeletesConfig | None = None
+    rate_limit: float | None = Field(None, gt=0, description="requests a second, all workers")
+    rate_burst: int = Field(1, ge=1)
+    lock_wait: float = Field(
+        10.0, ge=0, description="seconds to wait for a key another worker writes"
+    )
 
-    @field_validator("url")
+    @field_validator("url", "item_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _lookup_urls(self) -> RestSinkConfig:
+        if self.lookup is not None and "{id}" in self.url:
+            raise ValueError("with lookup, url is the collection URL (no {id}); see item_url")
+        if self.item_url is not None and "{target_id}" not in self.item_url:
+            raise ValueError("item_url needs the {target_id} placeholder")
+        return self
+
+    @property
+    def record_url(self) -> str:
+        """The URL of one target record, with a ``{target_id}`` placeholder."""
+        return self.item_url or self.url.rstrip("/") + "/{target_id}"
 
 
 def _sink_tag(value: Any) -> str:

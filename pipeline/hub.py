@@ -76,7 +76,12 @@ class Hub:
                 auth = None
                 if isinstance(config.auth, OAuth2Config):
                     auth = OAuth2Auth(self.token_manager(name, "sink", config.auth))
-                self._sinks[name] = RestSink(name, config, auth)
+                limiter = limiter_for(
+                    self.settings, f"{name}:sink", config.rate_limit, config.rate_burst
+                )
+                self._sinks[name] = RestSink(
+                    name, config, auth, database_url=self.database_url, limiter=limiter
+                )
                 self._classify(name, self._sinks[name].session, "sink")
             else:
                 url = config.url or self.database_url

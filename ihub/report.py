@@ -15,7 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from models import dashboard, deadletters, integrations, queue, runs
+from models import dashboard, deadletters, idmap, integrations, queue, runs
 from models.schema import IntegrationState, IntegrationStatus
 from pipeline.redaction import MASK, redact
 from pipeline.timefmt import from_version_string, utcnow
@@ -190,6 +190,8 @@ def dead_letter(database_url: str, row_id: int) -> dict[str, Any] | None:
     if dead is None:
         return None
     dead["payload"] = mask_payload(dead["payload"])
+    # where the record is on the target's side (REST targets that assign their own ids)
+    dead["id_map"] = idmap.show(database_url, dead["integration"], dead["record_id"])
     for key in ("message", "traceback"):
         if dead.get(key):
             dead[key] = redact(dead[key])

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from models.db import session_scope
 from models.schema import IdMapEntry
@@ -138,11 +139,11 @@ def count(database_url: str, integration: str) -> int:
         return len(list(rows))
 
 
-def _key(integration: str, key: str):  # type: ignore[no-untyped-def]
+def _key(integration: str, key: str) -> ColumnElement[bool]:
     return (IdMapEntry.integration == integration) & (IdMapEntry.source_key == key)
 
 
-def _row(session, integration: str, key: str) -> IdMapEntry:  # type: ignore[no-untyped-def]
+def _row(session: Session, integration: str, key: str) -> IdMapEntry:
     row = session.get(IdMapEntry, (integration, key), with_for_update=True)
     if row is None:
         row = IdMapEntry(integration=integration, source_key=key)

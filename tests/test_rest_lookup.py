@@ -48,6 +48,12 @@ def target():
     demo.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db(request: pytest.FixtureRequest) -> str:
+    """ihub's database on SQLite and on Postgres (the lock's race differs between them)."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
 @pytest.fixture
 def sink(target: ServiceNowTarget, sqlite_url: str) -> RestSink:
     return servicenow_sink(target.table_url("incident"), sqlite_url)
@@ -117,11 +123,11 @@ def test_same_or_older_version_sends_nothing(sink, target) -> None:
     assert only(target, "E1")["short_description"] == "new"
 
 
-def test_two_workers_racing_on_one_new_key_create_one_record(target, sqlite_url) -> None:
+def test_two_workers_racing_on_one_new_key_create_one_record(target, any_db) -> None:
     """Two sinks (two workers) write two versions of a new key at once against a slow create:
     the per-key lock makes the second find the first's record; one record, newest version."""
     target.set(write_delay=0.5)
-    sinks = [servicenow_sink(target.table_url("incident"), sqlite_url) for _ in range(2)]
+    sinks = [servicenow_sink(target.table_url("incident"), any_db) for _ in range(2)]
     errors: list[BaseException] = []
 
     def write(sink: RestSink, version: str, text: str) -> None:
@@ -142,14 +148,14 @@ def test_two_workers_racing_on_one_new_key_create_one_record(target, sqlite_url)
     assert only(target, "F1")["short_description"] == "v2"
 
 
-def test_key_lock_is_exclusive_and_expires(sqlite_url) -> None:
+def test_key_lock_is_exclusive_and_expires(any_db) -> None:
     """One holder at a time; a holder that died frees the key when its TTL runs out."""
-    assert idmap.acquire(sqlite_url, "itsm", "K", "a", ttl=60)
-    assert not idmap.acquire(sqlite_url, "itsm", "K", "b", ttl=60)
-    idmap.release(sqlite_url, "itsm", "K", "a")
-    assert idmap.acquire(sqlite_url, "itsm", "K", "b", ttl=-1)  # already expired
-    assert idmap.acquire(sqlite_url, "itsm", "K", "c", ttl=60)
-    assert not idmap.renew(sqlite_url, "itsm", "K", "b", ttl=60)
+    assert idmap.acquire(any_db, "itsm", "K", "a", ttl=60)
+    assert not idmap.acquire(any_db, "itsm", "K", "b", ttl=60)
+    idmap.release(any_db, "itsm", "K", "a")
+    assert idmap.acquire(any_db, "itsm", "K", "b", ttl=-1)  # already expired
+    assert idmap.acquire(any_db, "itsm", "K", "c", ttl=60)
+    assert not idmap.renew(any_db, "itsm", "K", "b", ttl=60)
 
 
 def test_busy_key_is_a_transient_error_after_a_bounded_wait(sink, sqlite_url) -> None:
@@ -240,3 +246,42 @@ def test_lookup_url_with_id_placeholder_is_a_config_error() -> None:
         RestSinkConfig.model_validate(
             {"type": "rest", "url": "http://x/api/{id}", "lookup": {"field": "correlation_id"}}
         )
+
+
+def test_dead_letter_detail_shows_the_id_map(sink, target, sqlite_url, monkeypatch) -> None:
+    """`ihub dead show` and the page's detail name the target's id of a dead record."""
+    import json
+    from datetime import datetime
+
+    from click.testing import CliRunner
+
+    from ihub.cli import main
+    from ihub.report import dead_letter
+    from ihub.web.pages_dead import dead_detail
+    from models import queue
+    from models.db import session_scope
+    from pipeline.delta import SourceRecord
+
+    sink.upsert({"id": "N1", "short_description": "x"}, V1)
+    sys_id = only(target, "N1")["sys_id"]
+    with session_scope(sqlite_url) as session:
+        [row_id] = queue.stage(
+            session,
+            "itsm",
+            None,
+            [SourceRecord("N1", datetime(2026, 1, 1), {"id": "N1"})],
+            due_in=300,
+        )
+    assert queue.claim(sqlite_url, row_id, deadline=60) is not None
+    queue.mark_dead(
+        sqlite_url, row_id, error_class="PermanentError", message="400", traceback=None, worker="w"
+    )
+    monkeypatch.setenv("IHUB_DATABASE_URL", sqlite_url)
+    result = CliRunner().invoke(main, ["dead", "show", str(row_id), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["id_map"] == {
+        "target_id": sys_id,
+        "version": V1,
+        "state": "mapped",
+    }
+    assert f"target_id: {sys_id}" in dead_detail(dead_letter(sqlite_url, row_id), "csrf")

@@ -94,7 +94,7 @@ def _pager(flt: DeadFilter, offset: int, limit: int, total: int) -> str:
 
 
 def dead_detail(dead: dict[str, Any], csrf: str, *, flower_url: str | None = None) -> str:
-    long_fields = ("message", "payload", "traceback")
+    long_fields = ("message", "payload", "traceback", "id_map")
     rows = "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>"
         for k, v in dead.items()
@@ -111,10 +111,17 @@ def dead_detail(dead: dict[str, Any], csrf: str, *, flower_url: str | None = Non
     body = (
         f"<h2>Dead letter {int(dead['row_id'])}</h2>{action}<table>{rows}</table>"
         f"<h3>Message</h3><pre>{esc(dead['message'])}</pre>"
+        f"<h3>Target record (id map)</h3><pre>{esc(_id_map(dead.get('id_map')))}</pre>"
         f"<h3>Payload (secrets masked)</h3><pre>{esc(payload)}</pre>"
         f"<h3>Traceback</h3><pre>{esc(dead.get('traceback') or 'none recorded')}</pre>"
     )
     return page(f"ihub: dead letter {int(dead['row_id'])}", body, flower_url=flower_url)
+
+
+def _id_map(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "none: the target has no record of it known to ihub"
+    return " · ".join(f"{k}: {v}" for k, v in entry.items())
 
 
 def confirm(*, scope: str, row_ids: list[int], flt: DeadFilter, count: int, csrf: str) -> str:

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from ihub.demo.servicenow import ServiceNowOptions, ServiceNowTarget
 from ihub.demo.source import DemoSource, DemoSourceOptions
+from ihub.report import queue_depths
 from models import deadletters, idmap, queue
 from pipeline import sync
 from tests.chaostools import (
@@ -30,7 +31,7 @@ from tests.chaostools import (
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-RECORDS = int(os.environ.get("IHUB_ITSM_RECORDS", "2000"))
+RECORDS = int(os.environ.get("IHUB_ITSM_RECORDS", "1000"))  # 2,000 in the issue: see README
 REJECTED_SHARE = 0.01
 OUTAGE_SECONDS = 15.0
 MESSAGE = "Mandatory field missing: short_description"
@@ -76,7 +77,11 @@ def source() -> DemoSource:
 @pytest.fixture
 def target() -> ServiceNowTarget:
     options = ServiceNowOptions(
-        lose_after_commit=0.05, max_rps=30, mandatory=("short_description",), seed=12
+        lose_after_commit=0.05,
+        throttle_every=25,
+        max_rps=30,
+        mandatory=("short_description",),
+        seed=12,
     )
     demo = ServiceNowTarget(
         options,
@@ -153,9 +158,9 @@ def test_servicenow_target_gets_every_valid_record_once_despite_lost_answers_and
 def _mutate(source: DemoSource, rejected: set[str], stop: threading.Event) -> None:
     """Updates (and some inserts) to the valid records while the sync runs."""
     rng = random.Random(3)
-    while not stop.wait(0.5):
+    while not stop.wait(1.0):
         ids = [i for i in source.snapshot() if i not in rejected]
-        for record_id in rng.sample(ids, 5):
+        for record_id in rng.sample(ids, 3):
             source.update(record_id, priority=rng.randint(1, 4), state=rng.choice(["new", "open"]))
         source.insert({"short_description": f"new {rng.random():.6f}"})
 
@@ -170,9 +175,12 @@ def _keep_syncing(hub: Any, app: Any, seconds: float) -> None:
 
 
 def _reconcile(hub: Any, app: Any) -> None:
+    """As beat would: rows waiting in the queue are not republished, lost ones are."""
     from tasks.records import publish_records
 
-    sync.reconcile(hub, lambda ids: publish_records(app, ids))
+    depths = queue_depths(hub.settings.broker_url) or {}
+    publish = lambda ids: publish_records(app, ids)  # noqa: E731
+    sync.reconcile(hub, publish, queue_depth=depths.get("ihub.process"))
 
 
 def _wait_settled(hub: Any, app: Any, what: str) -> None:

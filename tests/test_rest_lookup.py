@@ -285,3 +285,31 @@ def test_dead_letter_detail_shows_the_id_map(sink, target, sqlite_url, monkeypat
         "state": "mapped",
     }
     assert f"target_id: {sys_id}" in dead_detail(dead_letter(sqlite_url, row_id), "csrf")
+
+
+def test_throttled_request_is_transient_with_the_targets_retry_after(sink, target) -> None:
+    """A 429 with Retry-After from the target is retried after the delay it named."""
+    target.set(throttle_every=1)
+    with pytest.raises(TransientError, match="Too Many Requests") as caught:
+        sink.upsert({"id": "P1", "short_description": "x"}, V1)
+    assert caught.value.retry_after == 1.0
+
+
+def test_lookup_config_errors_name_file_and_key() -> None:
+    """A misspelt lookup key and a state-change deletion without a body are both reported."""
+    from pipeline.config import parse_config
+    from pipeline.errors import ConfigError
+
+    sink = {
+        "type": "rest",
+        "url": "http://x/api/now/table/incident",
+        "lookup": {"field": "correlation_id", "feild": "x"},
+        "deletes": {"method": "PATCH"},
+    }
+    raw = {"integrations": {"a": {"source": {"url": "http://x/r"}, "sink": sink}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, file="f.yaml", env={})
+    assert "f.yaml: integrations.a.sink.lookup.feild: unknown key" in str(caught.value)
+    assert "integrations.a.sink.deletes" in str(caught.value) and "needs a 'body'" in str(
+        caught.value
+    )

@@ -39,6 +39,7 @@ Response = tuple[int | str, Any, dict[str, str]]
 class ServiceNowOptions:
     lose_after_commit: float = 0.0  # share of writes committed whose answer is lost
     max_rps: float | None = None  # above this many requests a second: 429 + Retry-After
+    throttle_every: int | None = None  # every n-th API request: 429 + Retry-After (any speed)
     mandatory: tuple[str, ...] = ()  # fields a record must have, non-empty
     honour_idempotency_key: bool = True
     down: bool = False  # every API request answers 503
@@ -199,6 +200,9 @@ class ServiceNowTarget:
         return None
 
     def _throttled(self) -> bool:
+        every = self.options.throttle_every
+        if every and self.counters["api_requests"] % every == 0:
+            return True
         if not self.options.max_rps:
             return False
         now = time.monotonic()

@@ -90,10 +90,14 @@ def test_existing_target_record_is_found_by_correlation_id_and_patched(
     assert target.counters["creates"] == 1
 
 
-@pytest.mark.parametrize("how", ["504", "reset"])
-def test_lost_create_answer_is_looked_up_on_retry_never_posted_twice(sink, target, how) -> None:
-    """A POST committed whose answer was lost (504 or reset) is transient; its retry finds the
-    record by look-up and patches it: one record on the target."""
+@pytest.mark.parametrize("how", ["504", "reset", "slow"])
+def test_lost_create_answer_is_looked_up_on_retry_never_posted_twice(
+    target, sqlite_url, how
+) -> None:
+    """A POST committed whose answer was lost (504, reset, or later than the client's timeout)
+    is transient; its retry finds the record by look-up and patches it: one record."""
+    sink = servicenow_sink(target.table_url("incident"), sqlite_url, timeout=1)
+    target.set(slow_answer=2.0)
     target.lose_next(how)
     with pytest.raises(TransientError):
         sink.upsert({"id": "C1", "short_description": "v1"}, V1)

@@ -44,6 +44,7 @@ class ServiceNowOptions:
     honour_idempotency_key: bool = True
     down: bool = False  # every API request answers 503
     write_delay: float = 0.0  # seconds a create waits before it commits (races in tests)
+    slow_answer: float = 3.0  # seconds a "slow" lost answer waits after the commit
     require_auth: bool = True
     seed: int = 0
 
@@ -141,7 +142,8 @@ class ServiceNowTarget:
             self._tables.get(table, {}).pop(sys_id, None)
 
     def lose_next(self, *how: str) -> None:
-        """Commit the next writes, then answer each with a 504 or a reset connection."""
+        """Commit the next writes, then answer each with a 504, a reset connection, or
+        ("slow") only after ``slow_answer`` seconds."""
         with self._lock:
             self._lose_next += list(how)
 
@@ -173,7 +175,12 @@ class ServiceNowTarget:
                 return _failure(400, "Invalid request", str(exc))
             if method != "GET" and 200 <= int(status) < 300:
                 lost = self._lose()
-                if lost:
+                if lost == "slow":  # answered after the client gave up waiting
+                    self.counters["lost_responses"] += 1
+                    self._lock.release()
+                    time.sleep(self.options.slow_answer)
+                    self._lock.acquire()
+                elif lost:
                     self.counters["lost_responses"] += 1
                     return (
                         (RESET, None, {}) if lost == "reset" else _failure(504, "Gateway Timeout")
@@ -359,13 +366,16 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             return
         data = b"" if payload in ("", None) else json.dumps(payload).encode()
-        self.send_response(int(status))
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in extra.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(int(status))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up waiting (its timeout): nobody to answer
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: paths and headers may carry tokens."""

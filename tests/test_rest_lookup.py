@@ -317,3 +317,10 @@ def test_lookup_config_errors_name_file_and_key() -> None:
     assert "integrations.a.sink.deletes" in str(caught.value) and "needs a 'body'" in str(
         caught.value
     )
+
+
+def test_idempotency_key_can_be_switched_off(target, sqlite_url) -> None:
+    """idempotency_key: false sends no such header (for targets that reject unknown headers)."""
+    sink = servicenow_sink(target.table_url("incident"), sqlite_url, idempotency_key=False)
+    sink.upsert({"id": "Q1", "short_description": "x"}, V1)
+    assert target.counters["creates"] == 1 and target.idempotency_keys == []

@@ -108,3 +108,16 @@ def test_source_deletions_as_a_state_change_close_the_target_record(
     sync_once(hub, demo, monkeypatch)
     states = {k: v[0]["state"] for k, v in itsm.by_field("incident").items()}
     assert states == {"REC000001": "7", "REC000002": "new"}
+
+
+def test_sink_rate_limit_is_one_redis_key_for_every_worker(
+    sqlite_url: str, tmp_path: Path, demo: DemoSource, itsm: ServiceNowTarget
+) -> None:
+    """sink.rate_limit gives the sink a limiter on the broker's Redis under a key of its own
+    (``ihub:ratelimit:NAME:sink``), apart from the source's, so all workers share one rate."""
+    from pipeline.sources.ratelimit import RedisRateLimiter
+
+    hub = make_hub(sqlite_url, tmp_path, demo, itsm, rate_limit=20, rate_burst=2)
+    limiter = hub.sink("itsm").limiter
+    assert isinstance(limiter, RedisRateLimiter)
+    assert limiter.key == "ihub:ratelimit:itsm:sink" and limiter.interval_us == 50_000

@@ -1,13 +1,12 @@
 """Celery settings for ihub, from the baseline in ../shared/PITFALLS.md.
 
-Read from the environment by ``tasks.app.create_app`` (``config_from_object``). The broker URL
-itself is decided there: ``IHUB_BROKER_URL``, or the embedded redis-server when it is unset.
+Loaded by ``tasks.app.create_app`` (``config_from_object``), which then applies what the
+environment decides (``pipeline.settings``): the broker URL, its key prefix and the visibility
+timeout. Nothing here reads the environment.
 Every setting below names the failure it prevents.
 """
 
 from __future__ import annotations
-
-import os
 
 from kombu import Exchange, Queue
 
@@ -16,7 +15,7 @@ PROCESS_QUEUE = "ihub.process"
 
 # Must exceed the longest countdown plus the longest hard time limit, or Redis redelivers
 # a task that is still waiting or running (PITFALLS 1-3). Checked at start by tasks.checks.
-VISIBILITY_TIMEOUT = int(os.environ.get("IHUB_VISIBILITY_TIMEOUT", 2 * 3600))
+VISIBILITY_TIMEOUT = 2 * 3600  # the default; IHUB_VISIBILITY_TIMEOUT overrides it at app creation
 
 task_serializer = "json"
 result_serializer = "json"
@@ -52,7 +51,7 @@ _transport = {
     "unacked_restore_throttle": 1,
     "socket_timeout": 30,
     "socket_connect_timeout": 10,
-    "global_keyprefix": os.environ.get("IHUB_BROKER_PREFIX", ""),
+    "global_keyprefix": "",  # IHUB_BROKER_PREFIX, applied at app creation
 }
 broker_transport_options = _transport
 result_backend_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}

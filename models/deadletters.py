@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from models.db import session_scope
 from models.schema import DeadLetter, DeadLetterAction, DeadReason, RecordStatus, StagedRecord
-from pipeline.timefmt import utcnow
+from models.values import utcnow
 
 Publish = Callable[[list[int]], None]
 CHUNK = 500

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from models.db import session_scope
 from models.schema import IdMapEntry
-from pipeline.timefmt import utcnow
+from models.values import utcnow
 
 
 @dataclass(frozen=True)

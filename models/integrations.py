@@ -7,8 +7,7 @@ from sqlalchemy.orm import Session
 
 from models.db import session_scope
 from models.schema import IntegrationState, IntegrationStatus
-from pipeline.delta import Watermark
-from pipeline.timefmt import utcnow
+from models.values import Watermark, utcnow
 
 
 def get_state(session: Session, name: str) -> IntegrationState:

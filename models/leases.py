@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models.db import session_scope
 from models.schema import Lease
-from pipeline.timefmt import utcnow
+from models.values import utcnow
 
 
 def acquire(database_url: str, name: str, owner: str, ttl: float) -> bool:

@@ -19,8 +19,7 @@ from sqlalchemy.orm import Session
 from models import deadletters
 from models.db import session_scope
 from models.schema import RecordStatus, StagedRecord
-from pipeline.delta import SourceRecord
-from pipeline.timefmt import utcnow
+from models.values import SourceRecord, utcnow
 
 S = RecordStatus
 OPEN = (S.PENDING, S.PROCESSING, S.RETRYING)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from models.db import session_scope
 from models.schema import FetchRun
-from pipeline.timefmt import utcnow
+from models.values import utcnow
 
 
 def start(database_url: str, integration: str) -> int:

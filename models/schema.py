@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from pipeline.timefmt import utcnow
+from models.values import utcnow
 
 # BIGINT on Postgres, INTEGER (so that it is the rowid alias) on SQLite.
 RowId = BigInteger().with_variant(Integer(), "sqlite")

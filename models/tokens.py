@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -13,8 +14,7 @@ from sqlalchemy.orm import Session
 
 from models.db import session_scope
 from models.schema import Token
-from pipeline.auth.crypto import TokenCipher
-from pipeline.timefmt import utcnow
+from models.values import utcnow
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,18 @@ class StoredToken:
         return now < self.expires_at - effective
 
 
+class Cipher(Protocol):
+    """What the store needs to keep tokens encrypted at rest; the engine supplies the key."""
+
+    def encrypt(self, value: str | None) -> str | None: ...
+
+    def decrypt(self, value: str | None) -> str | None: ...
+
+
 class TokenStore:
     """One row per credential; ``locked()`` is the single-flight section for refreshes."""
 
-    def __init__(self, database_url: str, credential: str, cipher: TokenCipher) -> None:
+    def __init__(self, database_url: str, credential: str, cipher: Cipher) -> None:
         self.database_url = database_url
         self.credential = credential
         self.cipher = cipher

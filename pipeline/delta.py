@@ -9,10 +9,10 @@ payload carries ``DELETED_KEY`` and its version is the instant of the deletion.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pipeline.timefmt import from_version_string, version_string
+from models.values import SourceRecord as SourceRecord  # re-exported: the engine's record
+from models.values import Watermark as Watermark
 
 DELETED_KEY = "_ihub_deleted"  # set in a staged payload that stands for a deletion
 
@@ -20,38 +20,6 @@ DELETED_KEY = "_ihub_deleted"  # set in a staged payload that stands for a delet
 def is_deletion(payload: object) -> bool:
     """Whether a staged payload is a deletion (a tombstone, or a record flagged deleted)."""
     return isinstance(payload, dict) and payload.get(DELETED_KEY) is True
-
-
-@dataclass(frozen=True, order=True)
-class Watermark:
-    updated: datetime
-    id: str
-
-    def to_text(self) -> tuple[str, str]:
-        return version_string(self.updated), self.id
-
-    @classmethod
-    def from_text(cls, updated: str | None, record_id: str | None) -> Watermark | None:
-        if not updated:
-            return None
-        return cls(from_version_string(updated), record_id or "")
-
-
-@dataclass(frozen=True)
-class SourceRecord:
-    """One record as fetched: its id, its updated instant, and the payload as the API sent it."""
-
-    id: str
-    updated: datetime
-    payload: dict[str, object]
-
-    @property
-    def key(self) -> Watermark:
-        return Watermark(self.updated, self.id)
-
-    @property
-    def version(self) -> str:
-        return version_string(self.updated)
 
 
 def lower_bound(watermark: Watermark | None, lookback: timedelta) -> datetime | None:

@@ -1,63 +1,75 @@
-"""Process settings from the environment, read when asked (never at import).
+"""Process settings: one typed object built from the ``IHUB_*`` environment, when asked.
 
-IHUB_HOME            where the embedded default keeps its files (default ./.ihub)
-IHUB_DATABASE_URL    system of record (default sqlite:///$IHUB_HOME/ihub.db)
-IHUB_BROKER_URL      Celery broker (default: the embedded redis-server under $IHUB_HOME)
-IHUB_CONFIG          integration definitions (default ./integrations.yaml)
-IHUB_SECRET_KEY      encrypts tokens at rest; required unless IHUB_DEMO=1
+Every variable ihub reads is a field here, and only here; README's table lists the same names.
+Nothing is read at import: ``settings_from_env()`` builds the object, so a test or a command can
+pass its own environment. An empty value counts as unset.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from pipeline.errors import ConfigError
 
+PREFIX = "IHUB_"
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    database_url: str
-    broker_url: str | None
-    config_path: str
-    secret_key: str | None
-    reconcile_after: float
-    process_time_limit: float
-    fetch_time_limit: float
+
+class Settings(BaseModel):
+    """What a process needs to find its services; secrets are kept out of ``repr``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home: Path = Field(Path(".ihub"), description="where the embedded default keeps its files")
+    database_url: str = Field("", description="system of record; default sqlite under home")
+    broker_url: str | None = Field(None, description="Celery broker; default: embedded Redis")
+    broker_prefix: str = Field("", description="key prefix for every broker key")
+    config_path: str = Field("integrations.yaml", description="integration definitions")
+    secret_key: str | None = Field(None, repr=False, description="encrypts tokens at rest")
+    reconcile_after: PositiveFloat = Field(300.0, description="seconds before a row is lost")
+    process_time_limit: PositiveFloat = Field(300.0, description="hard limit of one record task")
+    fetch_time_limit: PositiveFloat = Field(1800.0, description="hard limit of one fetch run")
+    visibility_timeout: PositiveInt = Field(7200, description="Redis redelivery timeout")
+    web_user: str = Field("", description="status page HTTP Basic user")
+    web_password: str = Field("", repr=False, description="status page HTTP Basic password")
+    web_public_host: str = Field("", description="comma-separated Host names the page answers")
+    web_threads: PositiveInt = Field(8, description="status page worker threads")
+    web_timeout: float = Field(30.0, ge=1, description="seconds a request may take to arrive")
+    flower_basic_auth: str = Field("", repr=False, description="user:password for Flower")
+    flower_url: str | None = Field(None, description="link from the status page to Flower")
+    actor: str | None = Field(None, description="who runs a CLI action, for the action log")
 
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url is None
 
 
-def settings_from_env(env: dict[str, str] | None = None) -> Settings:
-    env = dict(os.environ if env is None else env)
-    home = Path(env.get("IHUB_HOME", ".ihub")).absolute()
-    database_url = env.get("IHUB_DATABASE_URL") or f"sqlite:///{home / 'ihub.db'}"
-    return Settings(
-        home=home,
-        database_url=database_url,
-        broker_url=env.get("IHUB_BROKER_URL") or None,
-        config_path=env.get("IHUB_CONFIG", "integrations.yaml"),
-        secret_key=env.get("IHUB_SECRET_KEY") or None,
-        reconcile_after=_number(env, "IHUB_RECONCILE_AFTER", 300.0),
-        process_time_limit=_number(env, "IHUB_PROCESS_TIME_LIMIT", 300.0),
-        fetch_time_limit=_number(env, "IHUB_FETCH_TIME_LIMIT", 1800.0),
-    )
+ENV_NAMES = {
+    name: PREFIX + ("CONFIG" if name == "config_path" else name.upper())
+    for name in Settings.model_fields
+}
 
 
-def _number(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings from ``env`` (default: this process's environment), validated as a whole."""
+    source = os.environ if env is None else env
+    values = {name: source[var] for name, var in ENV_NAMES.items() if source.get(var)}
     try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"environment: {name}: expected a number of seconds, got {raw!r}"
-        ) from None
-    if value <= 0:
-        raise ConfigError(f"environment: {name}: expected a positive number, got {raw!r}")
-    return value
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = [_problem(str(error["loc"][0]), error) for error in exc.errors()]
+        raise ConfigError("environment: invalid settings", problems) from None
+    home = settings.home.absolute()
+    database_url = settings.database_url or f"sqlite:///{home / 'ihub.db'}"
+    return settings.model_copy(update={"home": home, "database_url": database_url})
+
+
+def _problem(field: str, error: Mapping[str, Any]) -> str:
+    """``<variable>: what was expected, got <value>``; a secret's value is never echoed."""
+    secret = Settings.model_fields[field].repr is False
+    shown = "a value (hidden)" if secret else repr(error["input"])
+    return f"{ENV_NAMES[field]}: {error['msg'].lower()}, got {shown}"

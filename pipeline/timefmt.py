@@ -10,6 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+# One home for these, below the engine; re-exported for the engine's own modules.
+from models.values import from_version_string as from_version_string
+from models.values import utcnow as utcnow
+from models.values import version_string as version_string
+
 TimeFormat = Literal["iso", "datetime", "epoch", "epoch_ms"]
 
 
@@ -63,17 +68,3 @@ def floor_time(moment: datetime, fmt: TimeFormat) -> datetime:
     step = _TICKS[fmt] // timedelta(microseconds=1)
     since_epoch = (moment - EPOCH) // timedelta(microseconds=1)
     return EPOCH + timedelta(microseconds=since_epoch - since_epoch % step)
-
-
-def version_string(moment: datetime) -> str:
-    """The sortable text form used as a record's version and in the watermark."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def from_version_string(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-def utcnow() -> datetime:
-    """Naive UTC now: the database columns hold naive UTC on every backend."""
-    return datetime.now(UTC).replace(tzinfo=None)

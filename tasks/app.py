@@ -12,7 +12,7 @@ from models.db import dispose_all
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.redaction import install_redaction
-from pipeline.settings import settings_from_env
+from pipeline.settings import Settings, settings_from_env
 from tasks import context
 from tasks.broker import embedded_broker_url
 from tasks.checks import check_visibility
@@ -32,6 +32,7 @@ def create_app() -> Celery:
     settings = settings_from_env()
     app = Celery("ihub")
     app.config_from_object("celeryconfig")
+    apply_settings(app.conf, settings)
     app.conf.broker_url = settings.broker_url or embedded_broker_url(settings.home)
     app.conf.beat_schedule_filename = str(settings.home / "celerybeat-schedule")
     from tasks import fetch, maintenance, records, schedule
@@ -54,6 +55,19 @@ def create_app() -> Celery:
     }
     check_visibility(app.conf, config, limits)
     return app
+
+
+def apply_settings(conf: Any, settings: Settings) -> None:
+    """The environment's word on the broker: its key prefix, and one visibility timeout in all
+    three places Celery and kombu read it (PITFALLS 3)."""
+    timeout = settings.visibility_timeout
+    conf.broker_transport_options = {
+        **conf.broker_transport_options,
+        "visibility_timeout": timeout,
+        "global_keyprefix": settings.broker_prefix,
+    }
+    conf.result_backend_transport_options = {"visibility_timeout": timeout}
+    conf.visibility_timeout = timeout
 
 
 @worker_process_init.connect

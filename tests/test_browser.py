@@ -1,6 +1,6 @@
 """A real browser: headless Chromium (Debian's package) driven by Selenium against a running
-`ihub web` on Postgres and Redis. It reads the widgets, requeues a dead letter with clicks, and
-the row goes back to pending with its task on the broker.
+`ihub web` (the production server, waitress) on Postgres and Redis. It reads the widgets,
+requeues a dead letter with clicks, and the row goes back to pending with its task on the broker.
 
 Set IHUB_UPDATE_SCREENSHOT=1 to rewrite docs/dashboard.png from the fixed-clock dashboard.
 """
@@ -173,6 +173,8 @@ def ihub_web(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[str,
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ihub web did not start: {(tmp_path / 'web.log').read_text()}")
             time.sleep(0.1)
+        served_by = requests.get(url + "/healthz", timeout=5).headers.get("Server")
+        assert served_by == "ihub", f"not the production server (Server: {served_by})"
         yield url, pg_url, row_id
     finally:
         os.killpg(process.pid, signal.SIGTERM)

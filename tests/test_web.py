@@ -162,17 +162,32 @@ def test_page_escapes_third_party_text(nasty: tuple[ServerHandle, int]) -> None:
         html = requests.get(handle.url + path, timeout=TIMEOUT).text
         assert "<script" not in html and "<img" not in html and "<b>by admin" not in html, path
     dead = requests.get(handle.url + "/dead", timeout=TIMEOUT).text
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in dead
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in dead
     assert f'href="/dead/{row_id}"' in dead
     assert "refresh token revoked &lt;b&gt;by admin&lt;/b&gt;" in requests.get(handle.url).text
+
+
+def test_script_in_a_dead_letter_is_escaped_on_list_and_detail(
+    nasty: tuple[ServerHandle, int],
+) -> None:
+    """A <script> in a dead letter's error and payload shows as text on /dead and /dead/<id>."""
+    handle, row_id = nasty
+    listing = requests.get(handle.url + "/dead", timeout=TIMEOUT).text
+    detail = requests.get(f"{handle.url}/dead/{row_id}", timeout=TIMEOUT).text
+    shown = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more"
+    assert f"<td>{shown}</td>" in listing and f"<pre>{shown}</pre>" in detail
+    assert "&lt;img src=x onerror=alert(1)&gt;</a>" in listing
+    assert "&#34;note&#34;: &#34;&lt;/pre&gt;&lt;script&gt;&#34;" in detail
+    for html in (listing, detail):
+        assert "<script" not in html and "<img" not in html
 
 
 def test_dead_detail_shows_masked_payload_and_traceback(nasty: tuple[ServerHandle, int]) -> None:
     """/dead/<id>: the payload pretty-printed with secret-looking keys masked, the traceback."""
     handle, row_id = nasty
     html = requests.get(f"{handle.url}/dead/{row_id}", timeout=TIMEOUT).text
-    assert "&quot;name&quot;: &quot;Ada&quot;" in html
-    assert "&quot;token&quot;: &quot;********&quot;" in html and "abc123" not in html
+    assert "&#34;name&#34;: &#34;Ada&#34;" in html
+    assert "&#34;token&#34;: &#34;********&#34;" in html and "abc123" not in html
     assert "&lt;/pre&gt;&lt;script&gt;" in html
     assert "Traceback (most recent call last):" in html and 'id="requeue-one"' in html
 

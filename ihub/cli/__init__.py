@@ -20,7 +20,10 @@ def _fail(message: str, code: int = 2) -> None:
 def _settings() -> Any:
     from pipeline.settings import settings_from_env
 
-    return settings_from_env()
+    try:
+        return settings_from_env()
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
 def _emit(data: Any, as_json: bool, render: Any) -> None:
@@ -129,28 +132,36 @@ def flower(flower_args: tuple[str, ...]) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="not loopback: needs auth")
 @click.option("--port", default=8780, show_default=True)
-@click.option("--flower-url", envvar="IHUB_FLOWER_URL", default=None, help="link Flower")
+@click.option("--flower-url", default=None, help="link Flower [default: IHUB_FLOWER_URL]")
 def web(host: str, port: int, flower_url: str | None) -> None:
-    """Serve the status page, its JSON API and /metrics.
+    """Serve the status page, its JSON API and /metrics (waitress, bounded threads and timeouts).
 
     Bound to anything but loopback it needs IHUB_WEB_USER and IHUB_WEB_PASSWORD (HTTP Basic).
+    Requests must name this host: its address, or a name in IHUB_WEB_PUBLIC_HOST.
     """
     from ihub.report import register_config_secrets
-    from ihub.web.server import auth_from_env, check_exposure, csrf_key_from_secret, serve_forever
+    from ihub.web import server
 
     settings = _settings()
     register_config_secrets(settings.config_path)
+    env = dict(os.environ)
     try:
-        auth = auth_from_env(dict(os.environ))
-        check_exposure(host, auth)
+        auth = server.auth_from_env(env)
+        server.check_exposure(host, auth)
+        options: dict[str, Any] = {
+            "flower_url": flower_url or settings.flower_url,
+            "auth": auth,
+            "limits": server.limits_from_env(env),
+            "public_hosts": server.public_hosts_from_env(env),
+        }
     except ConfigError as exc:
         _fail(str(exc))
-    options: dict[str, Any] = {"flower_url": flower_url, "auth": auth}
     options["due_in"] = settings.reconcile_after
     if settings.secret_key:  # every `ihub web` process accepts the others' CSRF tokens
-        options["csrf_key"] = csrf_key_from_secret(settings.secret_key)
+        options["csrf_key"] = server.csrf_key_from_secret(settings.secret_key)
     click.echo(f"status page on http://{host}:{port}/", err=True)
-    serve_forever(settings.database_url, _broker_url(settings), host=host, port=port, **options)
+    url = settings.database_url
+    server.serve_forever(url, _broker_url(settings), host=host, port=port, **options)
 
 
 def _broker_url(settings: Any) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import getpass
 import json
-import os
 import re
 import socket
 import sys
@@ -37,7 +36,7 @@ def _actor() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return os.environ.get("IHUB_ACTOR") or f"{user}@{socket.gethostname()}"
+    return _settings().actor or f"{user}@{socket.gethostname()}"
 
 
 def parse_span(text: str) -> timedelta:

@@ -29,8 +29,11 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     from ihub.demo.servicenow import ServiceNowOptions, ServiceNowTarget
     from ihub.demo.source import DemoSource, DemoSourceOptions
 
+    page_options = _page_options()  # a bad status-page variable fails here, before all else
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
-    home = Path(os.environ.get("IHUB_HOME", ".ihub")).absolute() / "demo"
+    from pipeline.settings import settings_from_env
+
+    home = settings_from_env().home / "demo"
     _fresh_home(home)
     source = DemoSource(DemoSourceOptions(token_lifetime=60)).start()
     source.seed(records)
@@ -43,7 +46,6 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     os.environ.update(env)
     from ihub.cli.runner import start_celery, stop
     from models.migrate import upgrade
-    from pipeline.settings import settings_from_env
 
     settings = settings_from_env()
     upgrade(settings.database_url)
@@ -55,7 +57,7 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
         ["--concurrency", str(concurrency), "--loglevel", "WARNING", "--hostname", "demo@%h"],
         dict(os.environ),
     )
-    page = _start_page(settings, web_port)
+    page = _start_page(settings, web_port, page_options)
     click.echo(f"demo source: {source.records_url} (OAuth 2.0 token endpoint {source.token_url})")
     click.echo(f"ITSM target: {itsm.table_url('incident')} (ServiceNow-style, own OAuth 2.0)")
     click.echo(f"database:    {_safe(settings.database_url)}")
@@ -97,15 +99,28 @@ def _demo_env(home: Path, url: str, client_secret: str) -> dict[str, str]:
     return env
 
 
-def _start_page(settings: Any, port: int) -> Any:
+def _page_options() -> dict[str, Any]:
+    from ihub.cli import _fail
+    from ihub.web.server import limits_from_env, public_hosts_from_env
+    from pipeline.errors import ConfigError
+
+    env = dict(os.environ)
+    try:
+        return {"limits": limits_from_env(env), "public_hosts": public_hosts_from_env(env)}
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+def _start_page(settings: Any, port: int, options: dict[str, Any]) -> Any:
     from ihub.cli import _broker_url
     from ihub.web.server import serve
 
     broker, due_in = _broker_url(settings), settings.reconcile_after
     try:
-        return serve(settings.database_url, broker, port=port, due_in=due_in)
+        return serve(settings.database_url, broker, port=port, due_in=due_in, **options)
     except OSError:
-        return serve(settings.database_url, broker, port=0, due_in=due_in)
+        return serve(settings.database_url, broker, port=0, due_in=due_in, **options)
 
 
 def _run_once(settings: Any, app: Any, timeout: float) -> int:

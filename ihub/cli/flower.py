@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from pipeline.errors import ConfigError
+from pipeline.settings import settings_from_env
 
 DEFAULTS = (
     "--max_tasks=10000",
@@ -30,8 +31,9 @@ def prepare(user_args: Sequence[str], env: Mapping[str, str]) -> tuple[list[str]
     from ihub.web.server import is_loopback
 
     args, env = [*DEFAULTS, *user_args], dict(env)
-    if env.get("IHUB_FLOWER_BASIC_AUTH") and not env.get("FLOWER_BASIC_AUTH"):
-        env["FLOWER_BASIC_AUTH"] = env["IHUB_FLOWER_BASIC_AUTH"]
+    basic_auth = settings_from_env(env).flower_basic_auth
+    if basic_auth and not env.get("FLOWER_BASIC_AUTH"):
+        env["FLOWER_BASIC_AUTH"] = basic_auth
     address = option(args, "address") or ""
     if option(args, "unix_socket") or is_loopback(address):
         return args, env

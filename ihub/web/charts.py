@@ -1,20 +1,24 @@
 """Server-side SVG charts: no script, no CDN, nothing fetched; the page works offline.
 
 Inline ``<svg>`` is part of the HTML document, so the page's Content-Security-Policy
-(``default-src 'none'``) needs no exception for it. Every label is escaped.
+(``default-src 'none'``) needs no exception for it. Each function returns ``Markup`` (the
+templates insert it as is), which is sound because every label is escaped here and everything
+else is a number this module formats.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from html import escape
+
+from markupsafe import Markup, escape
 
 DONE, DEAD, GRID, EMPTY = "#16a34a", "#dc2626", "#e5e7eb", "#d1d5db"
 
 
-def donut(done: int, dead: int, *, label: str, size: int = 132) -> str:
+def donut(done: int, dead: int, *, label: str, size: int = 132) -> Markup:
     """Done vs dead as a ring; the success rate in the middle."""
+    done, dead = int(done), int(dead)
     total = done + dead
     radius, stroke = size / 2 - 12, 18
     circumference = 2 * math.pi * radius
@@ -32,7 +36,7 @@ def donut(done: int, dead: int, *, label: str, size: int = 132) -> str:
         )
     text = f"{100 * done / total:.1f}%" if total else "no data"
     title = f"{label}: {done} done, {dead} dead"
-    return (
+    return Markup(
         f'<svg class="donut" width="{size}" height="{size}" viewBox="0 0 {size} {size}" '
         f'role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>{ring}'
         f'<text x="{centre}" y="{centre + 5}" text-anchor="middle" font-size="16" '
@@ -48,7 +52,7 @@ def line_chart(
     width: int = 640,
     height: int = 180,
     tick_every: int = 30,
-) -> str:
+) -> Markup:
     """One polyline per (name, colour, values) over shared x ``labels``; y from zero."""
     left, right, top, bottom = 40, 24, 10, 24
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -76,21 +80,22 @@ def line_chart(
     for name, colour, values in series:
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
         parts.append(
-            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}">'
+            f'<polyline fill="none" stroke="{escape(colour)}" stroke-width="1.5" points="{points}">'
             f"<title>{escape(name)}</title></polyline>"
         )
-    return (
+    return Markup(
         f'<svg class="line" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>'
         f"{''.join(parts)}</svg>"
     )
 
 
-def bar(value: int, peak: int, *, width: int = 160, colour: str = "#2563eb") -> str:
+def bar(value: int, peak: int, *, width: int = 160, colour: str = "#2563eb") -> Markup:
     """A single horizontal bar, for queue depths."""
+    value, peak = int(value), int(peak)
     filled = 0 if peak <= 0 else width * min(value, peak) / peak
-    return (
+    return Markup(
         f'<svg class="bar" width="{width}" height="12" viewBox="0 0 {width} 12" role="img" '
         f'aria-label="{value}"><rect width="{width}" height="12" fill="{GRID}"/>'
-        f'<rect width="{filled:.1f}" height="12" fill="{colour}"/></svg>'
+        f'<rect width="{filled:.1f}" height="12" fill="{escape(colour)}"/></svg>'
     )

@@ -1,286 +1,70 @@
-"""The status page, its JSON API and ``/metrics``: routing, authentication, CSRF and the server.
+"""The status page's server: waitress, with every wait and every buffer bounded.
 
-wsgiref with a thread per request, so one slow query never blocks ``/healthz``. The app keeps no
-state: every request reads the database (and the broker's queue lengths) afresh, so any number
-of ``ihub web`` processes show the same thing and the page never depends on Flower.
+waitress reads requests in one I/O loop and hands only complete requests to a fixed pool of
+threads, so a slow or silent client holds a connection slot, never a thread; ``/healthz`` and
+the page keep answering. Bounds (``Limits``): threads, open connections, header and body size,
+an idle timeout (``channel_timeout``) and a deadline for a whole request to arrive, which stops
+a client that trickles one byte at a time (waitress alone only times out silence). The gate
+(Host, HTTP Basic) runs in the I/O loop as soon as the headers are in: a refused request's body
+is never read, and the connection closes after the refusal.
 
 Safe by default: it binds 127.0.0.1; bound anywhere else it refuses to start without HTTP Basic
 credentials (``IHUB_WEB_USER`` / ``IHUB_WEB_PASSWORD``), which then guard every path but
-``/healthz``. Requeue is a POST carrying a CSRF token (an HMAC of a SameSite=Strict cookie under a
-server key), from the same origin, and goes through a confirmation page first.
+``/healthz``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
-import ipaddress
 import logging
-import secrets
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
-from http.cookies import SimpleCookie
-from socketserver import ThreadingMixIn
+import time
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from ihub import report
-from ihub.web import actions, api, metrics, pages, pages_dead
-from ihub.web.api import HTML, TEXT, BadRequest, Request, Response, html_response
-from models import dashboard
-from models.dashboard import DeadFilter
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import TcpWSGIServer
+
+from ihub.web.app import MAX_BODY, make_app
+from ihub.web.gate import Gate, HostPolicy, is_loopback, public_hosts
 from pipeline.errors import ConfigError
-from pipeline.timefmt import utcnow
+from pipeline.settings import settings_from_env
 
+__all__ = ["Limits", "ServerHandle", "auth_from_env", "check_exposure", "is_loopback", "serve"]
 log = logging.getLogger(__name__)
-METRICS = "text/plain; version=0.0.4; charset=utf-8"
-CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
-)
-COOKIE = "ihub_csrf"
-MAX_BODY = 1 << 20
 
 
 @dataclass(frozen=True)
-class Config:
-    database_url: str
-    broker_url: str | None
-    flower_url: str | None = None
-    auth: tuple[str, str] | None = None
-    csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
-    clock: Callable[[], datetime] = utcnow
-    publish: actions.Publish | None = None
-    due_in: float = 300.0
+class Limits:
+    """What one ``ihub web`` process gives to clients, at most."""
 
-
-def make_app(database_url: str, broker_url: str | None, **options: Any) -> WSGIApplication:
-    """The WSGI app; options are the fields of ``Config`` (auth, clock, publish, ...)."""
-    config = Config(database_url, broker_url, **options)
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        response = handle(config, environ)
-        headers = [
-            ("Content-Type", response.content_type),
-            ("Content-Length", str(len(response.body))),
-            ("Cache-Control", "no-store"),
-            ("X-Content-Type-Options", "nosniff"),
-            ("X-Frame-Options", "DENY"),
-            ("Referrer-Policy", "same-origin"),
-            ("Content-Security-Policy", CSP),
-            *response.headers,
-        ]
-        start_response(response.status, headers)
-        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [response.body]
-
-    return app
-
-
-def handle(config: Config, environ: WSGIEnvironment) -> Response:
-    try:
-        request = _request(environ)
-    except BadRequest as exc:
-        return Response("413 Content Too Large", TEXT, str(exc).encode())
-    if request.path != "/healthz" and not _authorized(config, request):
-        return Response(
-            "401 Unauthorized",
-            TEXT,
-            b"authentication required",
-            [("WWW-Authenticate", 'Basic realm="ihub", charset="UTF-8"')],
-        )
-    cookie = request.cookie or secrets.token_urlsafe(32)
-    csrf = _csrf_token(config, cookie)
-    try:
-        if request.method in ("GET", "HEAD"):
-            response = _get(config, request, csrf)
-        elif request.method == "POST" and request.path == "/dead/requeue":
-            response = _post_requeue(config, request, csrf)
-        else:
-            response = Response("405 Method Not Allowed", TEXT, b"method not allowed")
-    except BadRequest as exc:
-        response = Response("400 Bad Request", TEXT, str(exc).encode())
-    except Exception:
-        log.exception("status page: %s %s failed", request.method, request.path)
-        response = Response("500 Internal Server Error", TEXT, b"internal error (see the log)")
-    if request.cookie is None and response.content_type == HTML:
-        response.headers.append(
-            ("Set-Cookie", f"{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict")
-        )
-    return response
-
-
-def _get(config: Config, request: Request, csrf: str) -> Response:
-    db, path, now = config.database_url, request.path, config.clock()
-    if path == "/healthz":
-        return Response("200 OK", TEXT, b"ok")
-    if path == "/":
-        hours = api.number(request, "hours", 24, api.MAX_HOURS)
-        status = report.collect_status(db, config.broker_url, now=now, hours=hours)
-        return html_response(pages.dashboard(status, flower_url=config.flower_url, hours=hours))
-    if path == "/dead":
-        return _dead_page(config, request, csrf)
-    if path == "/metrics":
-        return Response("200 OK", METRICS, metrics.render(db, config.broker_url, config.clock))
-    if path.startswith("/dead/") and path[6:].isascii() and path[6:].isdigit():
-        dead = report.dead_letter(db, int(path[6:]))
-        if dead is not None:
-            return html_response(pages_dead.dead_detail(dead, csrf, flower_url=config.flower_url))
-    if path.startswith("/api"):
-        return api.handle(request, db, config.broker_url, now)
-    return Response("404 Not Found", TEXT, b"not found")
-
-
-def _dead_page(config: Config, request: Request, csrf: str) -> Response:
-    flt = api.dead_filter(request)
-    offset = int(api.number(request, "offset", 0, 10**9, integer=True, low=0))
-    found = dashboard.dead_letters(config.database_url, flt, limit=api.DEAD_PAGE, offset=offset)
-    requeued = request.arg("requeued")
-    notice = f"{int(requeued)} dead letter(s) requeued." if requeued.isdigit() else ""
-    if request.arg("unpublished").isdigit():
-        notice += " The broker did not answer: the reconciler will publish them."
-    facets = dashboard.dead_facets(config.database_url)
-    html = pages_dead.dead_list(
-        found,
-        flt,
-        facets,
-        csrf,
-        offset=offset,
-        limit=api.DEAD_PAGE,
-        notice=notice,
-        flower_url=config.flower_url,
-    )
-    return html_response(html)
-
-
-def _post_requeue(config: Config, request: Request, csrf: str) -> Response:
-    if (
-        not _same_origin(request)
-        or not hmac.compare_digest(request.arg("csrf", form=True).encode(), csrf.encode())
-        or request.cookie is None
-    ):
-        return Response("403 Forbidden", TEXT, b"cross-site request refused (CSRF token)")
-    scope = request.arg("scope", form=True)
-    flt = api.dead_filter(request, form=True)
-    if scope == "selected":
-        raw = request.form.get("row_id", [])
-        if not all(v.isascii() and v.isdigit() for v in raw):
-            raise BadRequest("row_id must be integers")
-        row_ids: list[int] | None = [int(v) for v in raw]
-        target = DeadFilter()
-    elif scope == "filter":
-        row_ids, target = None, flt
-    else:
-        raise BadRequest("scope must be 'selected' or 'filter'")
-    kwargs: dict[str, Any] = {
-        "row_ids": row_ids,
-        "flt": target,
-        "everything": scope == "filter",
-        "due_in": config.due_in,
-    }
-    if scope == "selected" and not row_ids:
-        return html_response(
-            pages_dead.confirm(scope=scope, row_ids=[], flt=flt, count=0, csrf=csrf)
-        )
-    if request.arg("confirm", form=True) != "yes":
-        would = actions.requeue(config.database_url, dry_run=True, **kwargs)
-        count = len(would.row_ids)
-        html = pages_dead.confirm(
-            scope=scope, row_ids=row_ids or [], flt=flt, count=count, csrf=csrf
-        )
-        return html_response(html)
-    done = actions.requeue(config.database_url, publish=config.publish, **kwargs)
-    extra = {"requeued": str(len(done.row_ids))}
-    if not done.published:
-        extra["unpublished"] = "1"
-    location = "/dead?" + pages_dead.filter_query(flt, **extra)
-    return Response("303 See Other", TEXT, b"requeued", [("Location", location)])
-
-
-def _same_origin(request: Request) -> bool:
-    """Browsers send Origin on POST (and Sec-Fetch-Site); when present they must be ours."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        return False
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True
-    return origin != "null" and urlsplit(origin).netloc == request.headers.get("host", "")
-
-
-def _csrf_token(config: Config, cookie: str) -> str:
-    return hmac.new(config.csrf_key, cookie.encode(), hashlib.sha256).hexdigest()
-
-
-def _authorized(config: Config, request: Request) -> bool:
-    if config.auth is None:
-        return True
-    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return False
-    try:
-        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    expected_user, expected_password = config.auth
-    user_ok = hmac.compare_digest(user.encode(), expected_user.encode())
-    return hmac.compare_digest(password.encode(), expected_password.encode()) and user_ok
-
-
-def _request(environ: WSGIEnvironment) -> Request:
-    method = environ.get("REQUEST_METHOD", "GET")
-    form: dict[str, list[str]] = {}
-    if method == "POST":
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > MAX_BODY:
-            raise BadRequest("request body too large")
-        body = environ["wsgi.input"].read(length) if length > 0 else b""
-        form = parse_qs(body.decode("utf-8", "replace"))
-    headers = {
-        key[5:].replace("_", "-").lower(): value
-        for key, value in environ.items()
-        if key.startswith("HTTP_")
-    }
-    cookies = SimpleCookie()
-    try:
-        cookies.load(headers.get("cookie", ""))
-    except Exception:  # a malformed Cookie header from another app on the same host
-        cookies = SimpleCookie()
-    cookie = cookies[COOKIE].value if COOKIE in cookies else None
-    return Request(
-        method,
-        environ.get("PATH_INFO") or "/",
-        parse_qs(environ.get("QUERY_STRING", "")),
-        form,
-        headers,
-        cookie if cookie and len(cookie) >= 32 else None,
-    )
-
-
-# --- exposure rules and the server ---
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    threads: int = 8
+    connections: int = 100
+    timeout: float = 30.0  # idle seconds, and seconds for one request to arrive in full
+    max_header: int = 32 << 10
+    max_body: int = MAX_BODY
+    cleanup_interval: float = 2.0  # how often timeouts are enforced
 
 
 def auth_from_env(env: dict[str, str]) -> tuple[str, str] | None:
-    user, password = env.get("IHUB_WEB_USER", ""), env.get("IHUB_WEB_PASSWORD", "")
+    settings = settings_from_env(env)
+    user, password = settings.web_user, settings.web_password
     if bool(user) != bool(password):
         raise ConfigError("environment: IHUB_WEB_USER and IHUB_WEB_PASSWORD go together")
     return (user, password) if user else None
+
+
+def public_hosts_from_env(env: dict[str, str]) -> frozenset[str]:
+    return public_hosts(settings_from_env(env).web_public_host)
+
+
+def limits_from_env(env: dict[str, str]) -> Limits:
+    """``IHUB_WEB_THREADS`` and ``IHUB_WEB_TIMEOUT`` (seconds), validated by the settings."""
+    settings = settings_from_env(env)
+    return Limits(threads=settings.web_threads, timeout=settings.web_timeout)
 
 
 def csrf_key_from_secret(secret: str) -> bytes:
@@ -295,25 +79,77 @@ def check_exposure(host: str, auth: tuple[str, str] | None) -> None:
         )
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+def _gated_parser(gate: Gate) -> type[HTTPRequestParser]:
+    class GatedParser(HTTPRequestParser):
+        """Refused at the headers: the body is dropped unread and the connection closes."""
+
+        def parse_header(self, header_plus: bytes) -> None:
+            super().parse_header(header_plus)
+            has_body = self.content_length > 0 or self.chunked
+            headers = self.headers
+            if has_body and gate.refusal(
+                self.path or "/", headers.get("HOST"), headers.get("AUTHORIZATION")
+            ):
+                self.body_rcv, self.content_length, self.chunked = None, 0, False
+                self.expect_continue = False
+                headers["CONTENT_LENGTH"] = "0"
+                headers["CONNECTION"] = "close"  # the unread body must not parse as a request
+
+    return GatedParser
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No access log: the page refreshes itself every few seconds."""
+class _Channel(HTTPChannel):
+    """Notes when the request being read began, for the server's arrival deadline."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    request_started = 0.0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and data:
+            self.request_started = time.time()
+        return bool(super().received(data))
+
+
+class _Server(TcpWSGIServer):
+    channel_class = _Channel
+
+    def maintenance(self, now: float) -> None:
+        """waitress closes idle channels; also close those whose request takes too long."""
+        super().maintenance(now)
+        cutoff = now - self.adj.channel_timeout
+        for channel in list(self.active_channels.values()):
+            reading = channel.request is not None and not channel.requests
+            if reading and channel.request_started < cutoff:
+                channel.will_close = True
 
 
 def _make_server(
-    database_url: str, broker_url: str | None, host: str, port: int, options: dict[str, Any]
-) -> WSGIServer:
+    database_url: str,
+    broker_url: str | None,
+    host: str,
+    port: int,
+    options: dict[str, Any],
+) -> _Server:
+    limits: Limits = options.pop("limits", None) or Limits()
+    public: frozenset[str] = options.pop("public_hosts", frozenset())
     check_exposure(host, options.get("auth"))
+    options["hosts"] = HostPolicy(host, frozenset(public))
     app = make_app(database_url, broker_url, **options)
-    return make_server(
-        host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    adj = Adjustments(
+        host=host,
+        port=port,
+        threads=limits.threads,
+        connection_limit=limits.connections,
+        channel_timeout=limits.timeout,
+        cleanup_interval=limits.cleanup_interval,
+        max_request_header_size=limits.max_header,
+        max_request_body_size=limits.max_body,
+        ident="ihub",
+        expose_tracebacks=False,
     )
+    gate = Gate(options["hosts"], options.get("auth"))
+    channel = type("GatedChannel", (_Channel,), {"parser_class": _gated_parser(gate)})
+    server_class = type("GatedServer", (_Server,), {"channel_class": channel})
+    return server_class(app, map={}, adj=adj, sockinfo=adj.listen[0])
 
 
 @dataclass
@@ -322,13 +158,29 @@ class ServerHandle:
 
     url: str
     port: int
-    _server: WSGIServer
+    _server: _Server
     _thread: threading.Thread
+    _stopping: threading.Event
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._stopping.set()
+        self._server.pull_trigger()  # wake the I/O loop now
+        self._thread.join(timeout=10)
+
+
+def _run(server: _Server, stopping: threading.Event | None = None) -> None:
+    """The I/O loop until ``stopping``; then every socket closed and the threads ended."""
+    try:
+        while stopping is None or not stopping.is_set():
+            wasyncore.loop(timeout=0.5, map=server._map, use_poll=True, count=1)
+    finally:
+        for dispatcher in list(server._map.values()):
+            dispatcher.close()
+        server.task_dispatcher.shutdown(timeout=5)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def serve(
@@ -339,14 +191,16 @@ def serve(
     port: int = 8780,
     **options: Any,
 ) -> ServerHandle:
-    """Serve in the background (tests, ``ihub demo``); port 0 picks a free port."""
+    """Serve in the background (tests, ``ihub demo``); port 0 picks a free port.
+
+    Options: the fields of ``ihub.web.app.Config``, ``limits`` and ``public_hosts``.
+    """
     server = _make_server(database_url, broker_url, host, port, options)
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.1,), name="ihub-web", daemon=True
-    )
+    stopping = threading.Event()
+    thread = threading.Thread(target=_run, args=(server, stopping), name="ihub-web", daemon=True)
     thread.start()
-    bound = server.server_address[1]
-    return ServerHandle(f"http://{host}:{bound}", bound, server, thread)
+    bound = int(server.effective_port)
+    return ServerHandle(_url(host, bound), bound, server, thread, stopping)
 
 
 def serve_forever(
@@ -358,5 +212,4 @@ def serve_forever(
     **options: Any,
 ) -> None:
     """Blocking, for ``ihub web``: serves until the process is interrupted."""
-    with _make_server(database_url, broker_url, host, port, options) as server:
-        server.serve_forever()
+    _run(_make_server(database_url, broker_url, host, port, options))

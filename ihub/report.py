@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from models import dashboard, deadletters, integrations, queue, runs
+from models import dashboard, deadletters, idmap, integrations, queue, runs
 from models.redaction import MASK, SECRET_NAME, redact
 from models.schema import IntegrationState, IntegrationStatus
 from pipeline.timefmt import from_version_string, utcnow
@@ -182,6 +182,8 @@ def dead_letter(database_url: str, row_id: int) -> dict[str, Any] | None:
     if dead is None:
         return None
     dead["payload"] = mask_payload(dead["payload"])
+    # where the record is on the target's side (REST targets that assign their own ids)
+    dead["id_map"] = idmap.show(database_url, dead["integration"], dead["record_id"])
     for key in ("message", "traceback"):
         if dead.get(key):
             dead[key] = redact(dead[key])

@@ -182,3 +182,23 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner: Mapped[str | None] = mapped_column(String(128))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class IdMapEntry(Base):
+    """Source key → the target's own id, for REST targets that assign ids (ServiceNow sys_id).
+
+    ``version`` is the last version written there (ihub's version guard for targets that do not
+    compare versions), ``deleted_version`` the tombstone of a deletion; ``lock_owner`` and
+    ``lock_expires_at`` are the per-key lock that keeps two workers from creating one record.
+    """
+
+    __tablename__ = "ihub_id_map"
+    __table_args__ = (Index("ix_ihub_id_map_target", "integration", "target_id"),)
+    integration: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    target_id: Mapped[str | None] = mapped_column(String(255))
+    version: Mapped[str | None] = mapped_column(String(64))
+    deleted_version: Mapped[str | None] = mapped_column(String(64))
+    lock_owner: Mapped[str | None] = mapped_column(String(64))
+    lock_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)

@@ -11,7 +11,6 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -20,13 +19,14 @@ from pydantic import (
     Discriminator,
     Field,
     PrivateAttr,
-    SecretStr,
     Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from pipeline.config_auth import AuthConfig
+from pipeline.config_sinks import LookupConfig, RestDeletesConfig, SqlSinkConfig
 from pipeline.config_sources import (
     _PAGINATION_TAGS,
     CursorPagination,
@@ -40,7 +40,6 @@ from pipeline.config_sources import (
     http_url,
 )
 from pipeline.errors import ConfigError
-from pipeline.loopback import is_loopback
 from pipeline.timefmt import TimeFormat
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -49,53 +48,6 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OAuth2Config(Strict):
-    type: Literal["oauth2"] = "oauth2"
-    grant_type: Literal["client_credentials", "refresh_token", "password"] = "client_credentials"
-    token_url: str
-    client_id: str
-    client_secret: SecretStr | None = None
-    client_auth: Literal["basic", "body"] = "basic"
-    scope: str | None = None
-    extra_params: dict[str, str] = Field(default_factory=dict)
-    refresh_token: SecretStr | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    refresh_margin: float = Field(60.0, ge=0)
-    default_expires_in: float = Field(3600.0, gt=0)
-    timeout: float = Field(30.0, gt=0)
-
-    @field_validator("token_url")
-    @classmethod
-    def _no_clear_text_secret(cls, value: str) -> str:
-        """The client secret goes in the request: plain http only where it cannot leave the
-        machine (the demo, tests)."""
-        parts = urlsplit(value)
-        if parts.scheme.lower() not in ("http", "https"):
-            raise ValueError(f"expected an https:// URL, got {value!r}")
-        if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
-            raise ValueError(
-                f"plain http:// is allowed for loopback hosts only, got host {parts.hostname!r}"
-                " (the client secret would travel in clear): use https://"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _grant_needs(self) -> OAuth2Config:
-        if self.grant_type == "password" and (self.username is None or self.password is None):
-            raise ValueError("grant_type 'password' needs 'username' and 'password'")
-        if self.grant_type == "client_credentials" and self.client_secret is None:
-            raise ValueError("grant_type 'client_credentials' needs 'client_secret'")
-        return self
-
-
-class NoAuth(Strict):
-    type: Literal["none"]
-
-
-AuthConfig = Annotated[OAuth2Config | NoAuth, Field(discriminator="type")]
 
 
 class SourceConfig(Strict):
@@ -162,68 +114,18 @@ class SourceConfig(Strict):
         return bool(pagination.id_param or "{id}" in placeholders)
 
 
-class SqlSinkConfig(Strict):
-    type: Literal["sql"] = "sql"
-    table: str
-    key: str = "id"
-    url: str | None = Field(None, description="target database; default: IHUB_DATABASE_URL")
-    max_columns: int = Field(
-        200, ge=1, le=1500, description="columns the source's fields may add; then _ihub_extra"
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _supported_database(cls, value: str | None) -> str | None:
-        return None if value is None else supported_database_url(value)
-
-    @field_validator("table")
-    @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
-            raise ValueError(f"expected a SQL identifier (letters, digits, _), got {value!r}")
-        if re.match(r"(?i)_?ihub_|alembic_version$", value):
-            raise ValueError(f"{value!r} is a name of ihub's own tables (ihub_*, _ihub_*)")
-        return value
-
-    @field_validator("key")
-    @classmethod
-    def _key_column(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
-            raise ValueError(f"expected a column name (letters, digits, _), got {value!r}")
-        if value.lower().startswith("_ihub_"):
-            raise ValueError(f"{value!r}: names starting with _ihub_ are ihub's own columns")
-        return value
-
-
-SUPPORTED_DATABASES = ("postgresql", "sqlite")
-
-
-def supported_database_url(value: str) -> str:
-    """A PostgreSQL or SQLite URL: the upsert the sink writes exists in those two dialects only
-    (``INSERT ... ON CONFLICT``); anything else would fail at the first write."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        backend = make_url(value).get_backend_name()
-    except ArgumentError:
-        raise ValueError("expected a database URL such as postgresql://user@host/db") from None
-    if backend not in SUPPORTED_DATABASES:
-        raise ValueError(
-            f"{backend!r} databases are not supported: expected a postgresql:// or sqlite:// URL"
-        )
-    return value
-
-
 class RestSinkConfig(Strict):
-    """Another system's REST API as the target: one request per record, keyed by its id.
+    """Another system's REST API as the target: one request per record.
 
-    The body carries ``version_field`` (the record's version) so that a target which compares
-    versions can refuse a stale write; a refusal with one of ``stale_status`` counts as done.
+    Without ``lookup``, ``url`` is the record's URL ({id}: the url-quoted key) and the body
+    carries ``version_field`` so a target comparing versions can refuse a stale write (a
+    refusal with one of ``stale_status`` counts as done). With ``lookup``, ``url`` is the
+    collection: the record is found by its match field, then updated by its target id
+    (``item_url``), or created with a POST; ihub keeps the id map and the version guard.
     """
 
     type: Literal["rest"]
-    url: str = Field(description="the record's URL; {id} is replaced by the url-quoted key")
+    url: str = Field(description="the record's URL ({id}), or the collection URL with lookup")
     method: Literal["PUT", "POST", "PATCH"] = "PUT"
     key: str = "id"
     auth: AuthConfig | None = None
@@ -231,13 +133,37 @@ class RestSinkConfig(Strict):
     timeout: float = Field(30.0, gt=0)
     version_field: str | None = "_ihub_version"
     stale_status: list[int] = Field(default_factory=lambda: [409, 412])
+    lookup: LookupConfig | None = None
+    item_url: str | None = Field(None, description="default: {url}/{target_id}")
+    update_method: Literal["PATCH", "PUT"] = "PATCH"
+    idempotency_key: bool = Field(True, description="send an Idempotency-Key on writes")
+    idempotency_header: str = "Idempotency-Key"
+    deletes: RestDeletesConfig | None = None
+    rate_limit: float | None = Field(None, gt=0, description="requests a second, all workers")
+    rate_burst: int = Field(1, ge=1)
+    lock_wait: float = Field(
+        10.0, ge=0, description="seconds to wait for a key another worker writes"
+    )
 
-    @field_validator("url")
+    @field_validator("url", "item_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _lookup_urls(self) -> RestSinkConfig:
+        if self.lookup is not None and "{id}" in self.url:
+            raise ValueError("with lookup, url is the collection URL (no {id}); see item_url")
+        if self.item_url is not None and "{target_id}" not in self.item_url:
+            raise ValueError("item_url needs the {target_id} placeholder")
+        return self
+
+    @property
+    def record_url(self) -> str:
+        """The URL of one target record, with a ``{target_id}`` placeholder."""
+        return self.item_url or self.url.rstrip("/") + "/{target_id}"
 
 
 def _sink_tag(value: Any) -> str:

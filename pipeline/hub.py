@@ -18,11 +18,11 @@ from pipeline.auth.requests_auth import OAuth2Auth
 from pipeline.config import (
     HubConfig,
     IntegrationConfig,
-    OAuth2Config,
     RestSinkConfig,
     load_config,
     secrets_of,
 )
+from pipeline.config_auth import OAuth2Config
 from pipeline.settings import Settings, settings_from_env
 from pipeline.sinks import RestSink, Sink, SqlSink
 from pipeline.sources import RestSource
@@ -88,7 +88,12 @@ class Hub:
                 auth = None
                 if isinstance(config.auth, OAuth2Config):
                     auth = OAuth2Auth(self.token_manager(name, "sink", config.auth))
-                self._sinks[name] = RestSink(name, config, auth)
+                limiter = limiter_for(
+                    self.settings, f"{name}:sink", config.rate_limit, config.rate_burst
+                )
+                self._sinks[name] = RestSink(
+                    name, config, auth, database_url=self.database_url, limiter=limiter
+                )
                 self._classify(name, self._sinks[name].session, "sink")
             else:
                 url = config.url or self.database_url

@@ -63,7 +63,7 @@ class Settings(BaseModel):
     @field_validator("database_url")
     @classmethod
     def _supported_database(cls, value: str) -> str:
-        from pipeline.config import supported_database_url
+        from pipeline.config_sinks import supported_database_url
 
         return supported_database_url(value) if value else value
 

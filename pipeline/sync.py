@@ -22,7 +22,7 @@ from pipeline.delta import Watermark, advance, is_deletion, lower_bound, settle
 from pipeline.errors import PermanentError, ReauthRequired, TransientError
 from pipeline.hub import Hub
 from pipeline.retry import backoff_seconds
-from pipeline.sinks import SqlSink
+from pipeline.sinks import RestSink, SqlSink
 from pipeline.sources.rest import Page
 from pipeline.spool import Spool, SpooledDeath, is_database_outage
 from pipeline.timefmt import utcnow
@@ -256,8 +256,8 @@ def _write(hub: Hub, claim: queue.Claim) -> None:
     version = queue.sink_version(claim.version, claim.row_id)
     action = integration.source.deletes.action if integration.source.deletes else None
     if is_deletion(claim.payload):
-        if not isinstance(sink, SqlSink):
-            raise PermanentError(f"sink of {claim.integration}: deletions need a SQL sink")
+        if not isinstance(sink, SqlSink | RestSink):
+            raise PermanentError(f"sink of {claim.integration}: this sink takes no deletions")
         sink.delete(claim.record_id, version, action=action or "mark")
         return
     record = transform.apply(integration, claim.record_id, claim.payload)

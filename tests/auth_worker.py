@@ -19,7 +19,7 @@ from models.tokens import TokenStore
 from pipeline.auth.crypto import TokenCipher
 from pipeline.auth.manager import TokenManager
 from pipeline.auth.requests_auth import OAuth2Auth
-from pipeline.config import OAuth2Config
+from pipeline.config_auth import OAuth2Config
 
 
 def build(spec: dict[str, Any]) -> TokenManager:

@@ -31,7 +31,7 @@ from pipeline.auth.crypto import TokenCipher
 from pipeline.auth.grants import request_token
 from pipeline.auth.manager import TRANSIENT_TRIES, TokenManager
 from pipeline.auth.requests_auth import OAuth2Auth
-from pipeline.config import OAuth2Config
+from pipeline.config_auth import OAuth2Config
 from pipeline.errors import ConfigError, ReauthRequired, TransientError
 from pipeline.settings import settings_from_env
 

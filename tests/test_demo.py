@@ -28,6 +28,7 @@ def test_demo_once_exits_zero_on_the_embedded_default(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "incidents: fetched=150 done=150 retrying=0 dead=0 pending=0" in result.stdout
+    assert "incidents_itsm: fetched=150 done=150 retrying=0 dead=0 pending=0" in result.stdout
     assert "status page: http://127.0.0.1:" in result.stdout
     assert "demo-secret" not in result.stdout + result.stderr
     database = tmp_path / "home" / "demo" / "ihub.db"

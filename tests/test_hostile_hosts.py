@@ -17,7 +17,8 @@ from pydantic import SecretStr
 
 from pipeline.auth import grants
 from pipeline.auth.requests_auth import OAuth2Auth
-from pipeline.config import OAuth2Config, SourceConfig, parse_config
+from pipeline.config import SourceConfig, parse_config
+from pipeline.config_auth import OAuth2Config
 from pipeline.errors import ConfigError, PermanentError
 from pipeline.sources.guard import allowed_origins, check_followable
 from pipeline.sources.rest import RestSource

@@ -11,7 +11,8 @@ from models.tokens import TokenStore
 from pipeline.auth.crypto import TokenCipher
 from pipeline.auth.manager import TokenManager
 from pipeline.auth.requests_auth import OAuth2Auth
-from pipeline.config import OAuth2Config, RestSinkConfig
+from pipeline.config import RestSinkConfig
+from pipeline.config_auth import OAuth2Config
 from pipeline.errors import PermanentError, ReauthRequired, TransientError
 from pipeline.sinks.rest import RestSink
 

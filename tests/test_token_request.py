@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from pipeline.auth.grants import request_token
-from pipeline.config import OAuth2Config
+from pipeline.config_auth import OAuth2Config
 
 
 class _Recorder(BaseHTTPRequestHandler):

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 DEMO_CONFIG = Path(__file__).parents[1] / "demo" / "demo.yaml"
+DEMO_INTEGRATIONS = ("incidents", "incidents_itsm")  # into SQLite, into a ServiceNow-style API
 
 
 @click.command()
@@ -25,6 +26,7 @@ DEMO_CONFIG = Path(__file__).parents[1] / "demo" / "demo.yaml"
 @click.option("--timeout", default=300.0, show_default=True, help="seconds --once may wait")
 def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: float) -> None:
     """Start a demo OAuth 2.0 source, a worker, beat and the status page, and sync."""
+    from ihub.demo.servicenow import ServiceNowOptions, ServiceNowTarget
     from ihub.demo.source import DemoSource, DemoSourceOptions
 
     page_options = _page_options()  # a bad status-page setting fails here, before anything starts
@@ -35,7 +37,12 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     _fresh_home(home)
     source = DemoSource(DemoSourceOptions(token_lifetime=60)).start()
     source.seed(records)
+    itsm = ServiceNowTarget(ServiceNowOptions(mandatory=("short_description",))).start()
     env = _demo_env(home, source.url, source.options.client_secret)
+    env |= {
+        "IHUB_DEMO_SN_URL": itsm.url,
+        "IHUB_DEMO_SN_SECRET": itsm.authority.options.client_secret,
+    }
     os.environ.update(env)
     from ihub.cli.runner import start_celery, stop
     from models.migrate import upgrade
@@ -54,6 +61,7 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     )
     page = _start_page(settings, web_port, page_options)
     click.echo(f"demo source: {source.records_url} (OAuth 2.0 token endpoint {source.token_url})")
+    click.echo(f"ITSM target: {itsm.table_url('incident')} (ServiceNow-style, own OAuth 2.0)")
     click.echo(f"database:    {_safe(settings.database_url)}")
     click.echo(f"broker:      {_safe(str(app.conf.broker_url))}")
     click.echo(f"status page: {page.url}")
@@ -64,6 +72,7 @@ def demo(once: bool, records: int, web_port: int, concurrency: int, timeout: flo
     finally:
         stop(worker)
         page.stop()
+        itsm.stop()
         source.stop()
         if not settings.broker_url:
             from tasks.broker import stop_embedded
@@ -118,22 +127,27 @@ def _run_once(settings: Any, app: Any, timeout: float) -> int:
     from tasks.records import publish_records
 
     hub = Hub.from_env()
-    result = sync.fetch_delta(hub, "incidents", lambda ids: publish_records(app, ids), owner="demo")
-    click.echo(
-        f"fetched {result.fetched} record(s) in {result.pages} page(s); staged {result.staged}"
-    )
-    if result.run_id is None:
-        click.echo(f"fetch did not run: {result.status}", err=True)
-        return 1
-    counts = wait_for_run(
-        settings.database_url,
-        result.run_id,
-        timeout=timeout,
-        progress=lambda c: _progress(c, result.fetched),
-    )
-    click.echo("")
+    finished = True
+    for name in DEMO_INTEGRATIONS:
+        result = sync.fetch_delta(hub, name, lambda ids: publish_records(app, ids), owner="demo")
+        click.echo(
+            f"{name}: fetched {result.fetched} record(s) in {result.pages} page(s); "
+            f"staged {result.staged}"
+        )
+        if result.run_id is None:
+            click.echo(f"fetch did not run: {result.status}", err=True)
+            return 1
+        fetched = result.fetched
+        counts = wait_for_run(
+            settings.database_url,
+            result.run_id,
+            timeout=timeout,
+            progress=lambda c, fetched=fetched: _progress(c, fetched),
+        )
+        click.echo("")
+        finished &= counts["done"] + counts["dead"] == result.staged
     _summary(settings)
-    return 0 if counts["done"] + counts["dead"] == result.staged else 1
+    return 0 if finished else 1
 
 
 def _progress(counts: dict[str, int], fetched: int) -> None:

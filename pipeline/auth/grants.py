@@ -29,7 +29,7 @@ from oauthlib.oauth2 import (
 from requests.auth import HTTPBasicAuth
 from requests_oauthlib import OAuth2Session
 
-from pipeline.config import OAuth2Config
+from pipeline.config_auth import OAuth2Config
 from pipeline.errors import PermanentError, ReauthRequired, TransientError, parse_retry_after
 from pipeline.loopback import is_loopback
 

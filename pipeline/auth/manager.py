@@ -17,7 +17,7 @@ from collections.abc import Callable
 from models.redaction import register_secret
 from models.tokens import LockedToken, StoredToken, TokenStore
 from pipeline.auth.grants import expires_at_from, request_token
-from pipeline.config import OAuth2Config
+from pipeline.config_auth import OAuth2Config
 from pipeline.errors import ReauthRequired, TransientError
 from pipeline.retry import backoff_seconds
 

@@ -15,7 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from models import dashboard, deadletters, integrations, queue, runs
+from models import dashboard, deadletters, integrations, leases, queue, runs
 from models.schema import IntegrationState, IntegrationStatus
 from pipeline.redaction import MASK, redact
 from pipeline.timefmt import from_version_string, utcnow
@@ -99,7 +99,22 @@ def _integration(
         "last_success_at": iso(state.last_success_at),
         "last_success_age_seconds": _age(now, state.last_success_at),
         "last_run": runs.latest(database_url, name),
+        "fetch_holder": fetch_holder(database_url, name),
         "counts": counts,
+    }
+
+
+def fetch_holder(database_url: str, name: str) -> dict[str, Any] | None:
+    """Who runs the integration's fetch now (worker and pid, task id) and since when."""
+    found = leases.current(database_url, f"fetch:{name}")
+    if found is None:
+        return None
+    return {
+        "holder": found.holder,
+        "task_id": found.owner,
+        "since": iso(found.since),
+        "renewed_at": iso(found.renewed_at),
+        "expires_at": iso(found.expires_at),
     }
 
 
@@ -292,6 +307,12 @@ def render_text(status: dict[str, Any]) -> list[str]:
             counts,
         ]
         lines.append(" | ".join(parts))
+        holder = item.get("fetch_holder")
+        if holder:
+            lines.append(
+                f"  fetching since {holder['since']} by {holder['holder'] or 'unknown'} "
+                f"(task {holder['task_id']}, lease until {holder['expires_at']})"
+            )
         if item["status_reason"]:
             lines.append(f"  reason: {item['status_reason']}")
     rate, times = status["success_rate"], status["processing_time"]

@@ -17,24 +17,28 @@ from models import deadletters, integrations, leases, queue, runs
 from models.db import session_scope
 from models.schema import FetchRun, IntegrationStatus
 from pipeline import transform
+from pipeline.budget import plan_run
 from pipeline.delta import Watermark, advance, is_deletion, lower_bound, settle
 from pipeline.errors import PermanentError, ReauthRequired, TransientError
 from pipeline.hub import Hub
+from pipeline.lease import FetchLease, LeaseLost, lease_name
 from pipeline.retry import backoff_seconds
 from pipeline.sinks import SqlSink
-from pipeline.sources.rest import Page
+from pipeline.sources.rest import Page, RestSource
 from pipeline.spool import Spool, SpooledDeath, is_database_outage
 from pipeline.timefmt import utcnow
 
 log = logging.getLogger(__name__)
 
 MAX_CRASH_REDELIVERIES = 3
+EVERY_DEADLINE = 10 * 365 * 86400.0  # "overdue by minus ten years": every open row
+BROKER_LOSS_LIMIT = 50_000  # rows republished at once after a broker loss; more wait deadlines
 Publish = Callable[[list[int]], None]
 
 
 @dataclass(frozen=True)
 class FetchResult:
-    status: str  # ok | paused | busy | lost_race
+    status: str  # ok | paused | busy | lost_race | lease_lost
     run_id: int | None = None
     pages: int = 0
     fetched: int = 0
@@ -42,10 +46,17 @@ class FetchResult:
     unpublished: int = 0
     watermark: Watermark | None = None
     trusted: bool = True  # False: the pass may have skipped rows, the watermark stayed
+    more: bool = False  # the run's budget ended it: start the next run at once
 
 
 def fetch_delta(
-    hub: Hub, name: str, publish: Publish, *, owner: str, full_refresh: bool = False
+    hub: Hub,
+    name: str,
+    publish: Publish,
+    *,
+    owner: str,
+    full_refresh: bool = False,
+    holder: str | None = None,
 ) -> FetchResult:
     """Stage every record changed since the watermark, page by page, and publish new rows.
 
@@ -53,6 +64,8 @@ def fetch_delta(
     it is published: a crash at any point loses nothing, and a failed publish only delays rows
     that the reconciler will republish. ``full_refresh`` reads everything from the beginning and
     stages every record again, so the sink rewrites each row once (by key: no duplicates).
+    The run holds a short lease (``IHUB_FETCH_LEASE_TTL``) that its heartbeat keeps, and ends
+    within its budget (``fetch.max_pages``, ``fetch.max_seconds``) with ``more`` set.
     """
     url = hub.database_url
     state = integrations.load(url, name)
@@ -60,23 +73,27 @@ def fetch_delta(
         if not hub.has_new_credentials(name):
             return FetchResult("paused")
         resume(hub, name, publish)  # a new refresh token in the config: try it
-    lease = f"fetch:{name}"
-    if not leases.acquire(url, lease, owner, ttl=hub.settings.fetch_time_limit + 60):
+    lease = FetchLease(url, name, owner, hub.settings.fetch_lease_ttl, holder=holder)
+    if not lease.acquire():
         return FetchResult("busy")
     run_id = runs.start(url, name)
     try:
-        result = _fetch_pages(hub, name, publish, run_id, full_refresh)
+        result = _fetch_pages(hub, name, publish, run_id, lease, full_refresh)
     except ReauthRequired as exc:
         integrations.pause_for_reauth(url, name, exc.reason)
         runs.finish(url, run_id, status="paused", error=str(exc))
         log.warning("%s: paused, re-authorisation required: %s", name, exc.reason)
         return FetchResult("paused", run_id)
+    except LeaseLost as exc:
+        runs.finish(url, run_id, status="lease_lost", error=str(exc))
+        log.warning("%s", exc)
+        return FetchResult("lease_lost", run_id)
     except Exception as exc:
         runs.finish(url, run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         integrations.mark_fetch(url, name, success=False)
         raise
     finally:
-        leases.release(url, lease, owner)
+        lease.release()
     runs.finish(url, run_id, status=result.status)
     integrations.mark_fetch(url, name, success=result.status == "ok")
     return result
@@ -90,14 +107,19 @@ class _Tally:
     unpublished: int = 0
 
     def result(
-        self, status: str, run_id: int, mark: Watermark | None, trusted: bool
+        self, status: str, run_id: int, mark: Watermark | None, trusted: bool, more: bool = False
     ) -> FetchResult:
         counts = (self.pages, self.fetched, self.staged, self.unpublished)
-        return FetchResult(status, run_id, *counts, watermark=mark, trusted=trusted)
+        return FetchResult(status, run_id, *counts, watermark=mark, trusted=trusted, more=more)
 
 
 def _fetch_pages(
-    hub: Hub, name: str, publish: Publish, run_id: int, full_refresh: bool = False
+    hub: Hub,
+    name: str,
+    publish: Publish,
+    run_id: int,
+    lease: FetchLease,
+    full_refresh: bool = False,
 ) -> FetchResult:
     """Stage the pages, then the tombstone listing (if any), moving the watermark with them.
 
@@ -105,27 +127,48 @@ def _fetch_pages(
     staged, so a fetch killed midway resumes from there; on any other listing it moves once the
     pass has ended, and only when the paginator trusts the pass (offset and page paging check
     that the source did not shift under them). It never passes the instant the fetch started
-    (``delta.settle``), and tombstones never move it.
+    (``delta.settle``), and tombstones never move it. A spent budget ends an ordered listing
+    after its last checkpoint, with ``more`` set.
     """
     config = hub.integration(name)
     ceiling = utcnow().replace(tzinfo=UTC)  # changes from now on are read again next time
+    run = plan_run(config.fetch, lease, until=ceiling, time_limit=hub.settings.fetch_time_limit)
     watermark = integrations.watermark(hub.database_url, name)
     since = lower_bound(watermark, timedelta(seconds=config.source.delta.lookback))
     since = None if full_refresh else since
     source, tally, seen, trusted = hub.source(name), _Tally(), watermark, True
-    for page in source.pages(since):
+    for page in source.pages(since, run.bounds):
         seen = advance(seen, page.records)
         movable = (source.ordered and page.checkpoint) or (page.last and page.trusted)
         moved = settle(watermark, seen, ceiling) if movable else watermark
-        if not _stage_page(hub, name, run_id, page, watermark, moved, tally, publish, full_refresh):
+        staged = _stage_page(
+            hub, name, run_id, page, watermark, moved, tally, publish, full_refresh, lease.owner
+        )
+        if not staged:
             return tally.result("lost_race", run_id, watermark, trusted)
+        lease.renewed()
         watermark, trusted = moved, page.trusted
+        if not page.last and run.spent(tally.pages):
+            return tally.result("ok", run_id, watermark, trusted, more=_resumable(source, page))
     if not trusted:
         log.warning("%s: the source changed while paging; the watermark stays for a re-read", name)
-    for page in source.deletion_pages(since):
-        if not _stage_page(hub, name, run_id, page, watermark, watermark, tally, publish, False):
+    for page in source.deletion_pages(since, run.bounds):
+        staged = _stage_page(
+            hub, name, run_id, page, watermark, watermark, tally, publish, False, lease.owner
+        )
+        if not staged:
             return tally.result("lost_race", run_id, watermark, trusted)
+        lease.renewed()
+        if not page.last and run.spent(tally.pages):  # tombstones never move the watermark
+            return tally.result("ok", run_id, watermark, trusted)
     return tally.result("ok", run_id, watermark, trusted)
+
+
+def _resumable(source: RestSource, page: Page) -> bool:
+    """Whether the next run goes on from here: only an ordered listing checkpoints mid-pass.
+    An unordered pass cut short is read again from the same watermark, so starting the next
+    run at once would only repeat it: it waits for its schedule instead."""
+    return source.ordered and page.checkpoint
 
 
 def _stage_page(
@@ -138,9 +181,11 @@ def _stage_page(
     tally: _Tally,
     publish: Publish,
     force: bool,
+    owner: str | None = None,
 ) -> bool:
-    """One transaction: stage the page, move the watermark (compare-and-set); then publish.
-    False when another fetch moved the watermark first."""
+    """One transaction: stage the page, move the watermark (compare-and-set), renew the lease
+    (``LeaseLost`` rolls all of it back); then publish. False when another fetch moved the
+    watermark first."""
     with session_scope(hub.database_url) as session:
         due_in = hub.settings.reconcile_after
         options = {"force": True} if force else {}
@@ -150,6 +195,10 @@ def _stage_page(
         if not integrations.move_watermark(session, name, watermark, moved):
             session.rollback()
             return False
+        if owner is not None and not leases.hold(
+            session, lease_name(name), owner, hub.settings.fetch_lease_ttl
+        ):
+            raise LeaseLost(name)
         run = session.get(FetchRun, run_id)
         if run is not None:
             run.pages += 1
@@ -351,7 +400,12 @@ def redrive(hub: Hub, name: str, publish: Publish) -> deadletters.Requeued:
 
 
 def reconcile(
-    hub: Hub, publish: Publish, spool: Spool | None = None, *, queue_depth: int | None = None
+    hub: Hub,
+    publish: Publish,
+    spool: Spool | None = None,
+    *,
+    queue_depth: int | None = None,
+    broker_lost: bool = False,
 ) -> int:
     """Write the spooled dead letters, then republish open rows past their deadline; the count
     republished.
@@ -360,12 +414,19 @@ def reconcile(
     its deadline is most likely among them rather than lost, so rows that a worker held
     (processing, retrying) are republished, and pending ones once the queue has drained or
     when they are overdue by ten deadlines (a backlog that never drains loses no row either).
+    ``broker_lost``: the broker lost its state, so every open row is republished now, deadline
+    or not (a live holder's claim turns the duplicate away).
     """
     if spool is not None:
         spool.drain(lambda death: bury_spooled(hub.database_url, death))
     url, grace = hub.database_url, hub.settings.reconcile_after
     paused = integrations.paused_names(url)
-    if not queue_depth:
+    if broker_lost:
+        log.warning("the broker lost its state: republishing every open row")
+        ids = queue.republish_due(
+            url, grace=grace, skip=paused, overdue=-EVERY_DEADLINE, limit=BROKER_LOSS_LIMIT
+        )
+    elif not queue_depth:
         ids = queue.republish_due(url, grace=grace, skip=paused)
     else:
         held = (queue.S.PROCESSING, queue.S.RETRYING)

@@ -1,7 +1,11 @@
-"""fetch_delta: stage what changed at the source, then fan out one task per new row."""
+"""fetch_delta: stage what changed at the source, then fan out one task per new row.
+
+A run ends within its budget; when it says there is more to read, the next run is sent at once
+(the watermark is checkpointed, so it goes on from there)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery, Task
@@ -26,12 +30,15 @@ def register(app: Celery, settings: Settings) -> None:
     )
     def fetch_delta(self: Task, integration: str) -> dict[str, Any]:
         engine = hub()
+        task_id = self.request.id or "fetch"
+        holder = f"{self.request.hostname or 'worker'} pid {os.getpid()} task {task_id}"
         try:
             result = sync.fetch_delta(
                 engine,
                 integration,
                 lambda ids: publish_records(app, ids),
-                owner=self.request.id or "fetch",
+                owner=task_id,
+                holder=holder,
             )
         except TransientError as exc:
             policy = engine.integration(integration).retry
@@ -42,4 +49,6 @@ def register(app: Celery, settings: Settings) -> None:
                 retry_after=exc.retry_after,
             )
             raise self.retry(countdown=countdown, max_retries=policy.max_retries, exc=exc) from None
+        if result.more:
+            self.apply_async((integration,))
         return {"status": result.status, "run_id": result.run_id, "staged": result.staged}

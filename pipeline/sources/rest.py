@@ -8,6 +8,7 @@ page says whether the watermark may move after it (``checkpoint``, ``trusted``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from pipeline.errors import PermanentError, classify_exception, classify_respons
 from pipeline.sources.paginators import Reply, dig, make_paginator
 from pipeline.sources.placement import Request, build_request
 from pipeline.sources.ratelimit import RateLimiter
+from pipeline.sources.retrying import RunBounds, with_retries
 from pipeline.timefmt import parse_time
 
 
@@ -79,14 +81,25 @@ class RestSource:
         """Whether the listing comes sorted by updated (keyset paging always asks for that)."""
         return self.config.ordered or self.config.pagination.type == "keyset"
 
-    def pages(self, since: datetime | None) -> Iterator[Page]:
-        """Each page's records, in the order the source returned them."""
+    def pages(self, since: datetime | None, run: RunBounds | None = None) -> Iterator[Page]:
+        """Each page's records, in the order the source returned them, up to ``run.until``.
+
+        On an ordered listing the pass stops at the first record updated after ``until`` (the
+        run's start instant): what changed since is the next run's, so a source that changes
+        faster than we read cannot keep one run going.
+        """
+        run = run or RunBounds()
         paginator = make_paginator(self.config, since)
         while not paginator.done:
             request = build_request(
-                self.config, paginator.bound(), paginator.params(), paginator.next_url()
+                self.config,
+                paginator.bound(),
+                paginator.params(),
+                paginator.next_url(),
+                until=run.until,
             )
-            body, headers, url = self._send(request)
+            send = functools.partial(self._send, request, run)
+            body, headers, url = with_retries(send, run)
             items = dig(body, self.config.records)
             if not isinstance(items, list):
                 raise PermanentError(
@@ -96,10 +109,24 @@ class RestSource:
             page, keys = self._page(items)
             paginator.advance(Reply(body, headers, items, keys, url))
             page.checkpoint, page.trusted = paginator.checkpoint, paginator.trusted
-            page.last = paginator.done
+            page.last = paginator.done or self._cut_at(page, run.until)
             yield page
+            if page.last:
+                return
 
-    def deletion_pages(self, since: datetime | None) -> Iterator[Page]:
+    def _cut_at(self, page: Page, until: datetime | None) -> bool:
+        """Drop the records updated after ``until`` from an ordered page; whether any were."""
+        if until is None or not self.ordered:
+            return False
+        for index, record in enumerate(page.records):
+            if record.updated > until:
+                page.records = page.records[:index]
+                return True
+        return False
+
+    def deletion_pages(
+        self, since: datetime | None, run: RunBounds | None = None
+    ) -> Iterator[Page]:
         """The tombstone listing (``deletes.endpoint``) since the same bound; none without one."""
         deletes = self.config.deletes
         if deletes is None or deletes.endpoint is None:
@@ -111,7 +138,7 @@ class RestSource:
             session=self.session,
             tombstones=True,
         )
-        return tombstones.pages(since)
+        return tombstones.pages(since, run)
 
     def _page(self, items: list[Any]) -> tuple[Page, list[Watermark | None]]:
         page, keys = Page(), []
@@ -168,10 +195,10 @@ class RestSource:
         value = dig(item, deletes.field)
         return bool(value) if deletes.values is None else value in deletes.values
 
-    def _send(self, request: Request) -> tuple[Any, Any, str]:
+    def _send(self, request: Request, run: RunBounds) -> tuple[Any, Any, str]:
         what = f"source {self.name}"
         if self.limiter is not None:
-            self.limiter.acquire()
+            self.limiter.acquire(run.wait)
         try:
             response = self.session.request(
                 request.method,

@@ -121,14 +121,16 @@ def _fetch_pages(
     lease: FetchLease,
     full_refresh: bool = False,
 ) -> FetchResult:
-    """Stage the pages, then the tombstone listing (if any), moving the watermark with them.
+    """Stage the tombstone listing (if any), then the pages, moving the watermark with them.
 
     On a listing ordered by updated the watermark moves page by page to the last (updated, id)
     staged, so a fetch killed midway resumes from there; on any other listing it moves once the
     pass has ended, and only when the paginator trusts the pass (offset and page paging check
     that the source did not shift under them). It never passes the instant the fetch started
     (``delta.settle``), and tombstones never move it. A spent budget ends an ordered listing
-    after its last checkpoint, with ``more`` set.
+    after its last checkpoint, with ``more`` set. Tombstones come first, from the same bound:
+    a run cut short by its budget has read every deletion up to its start, so the next run,
+    from a later watermark, misses none.
     """
     config = hub.integration(name)
     ceiling = utcnow().replace(tzinfo=UTC)  # changes from now on are read again next time
@@ -137,6 +139,15 @@ def _fetch_pages(
     since = lower_bound(watermark, timedelta(seconds=config.source.delta.lookback))
     since = None if full_refresh else since
     source, tally, seen, trusted = hub.source(name), _Tally(), watermark, True
+    for page in source.deletion_pages(since, run.bounds):  # first: tombstones never move it
+        staged = _stage_page(
+            hub, name, run_id, page, watermark, watermark, tally, publish, False, lease.owner
+        )
+        if not staged:
+            return tally.result("lost_race", run_id, watermark, trusted)
+        lease.renewed()
+        if not page.last and run.spent(tally.pages):  # read again from the same bound next run
+            return tally.result("ok", run_id, watermark, trusted)
     for page in source.pages(since, run.bounds):
         seen = advance(seen, page.records)
         movable = (source.ordered and page.checkpoint) or (page.last and page.trusted)
@@ -152,15 +163,6 @@ def _fetch_pages(
             return tally.result("ok", run_id, watermark, trusted, more=_resumable(source, page))
     if not trusted:
         log.warning("%s: the source changed while paging; the watermark stays for a re-read", name)
-    for page in source.deletion_pages(since, run.bounds):
-        staged = _stage_page(
-            hub, name, run_id, page, watermark, watermark, tally, publish, False, lease.owner
-        )
-        if not staged:
-            return tally.result("lost_race", run_id, watermark, trusted)
-        lease.renewed()
-        if not page.last and run.spent(tally.pages):  # tombstones never move the watermark
-            return tally.result("ok", run_id, watermark, trusted)
     return tally.result("ok", run_id, watermark, trusted)
 
 

@@ -26,7 +26,7 @@ def register(app: Celery, settings: Settings) -> None:
         acks_late=True,
         ignore_result=True,
         time_limit=settings.fetch_time_limit,
-        soft_time_limit=settings.fetch_time_limit - 60,
+        soft_time_limit=settings.fetch_time_limit - min(60.0, settings.fetch_time_limit / 10),
     )
     def fetch_delta(self: Task, integration: str) -> dict[str, Any]:
         engine = hub()

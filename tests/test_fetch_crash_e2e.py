@@ -54,7 +54,7 @@ def test_fetch_worker_killed_and_broker_flushed_mid_paging_recovers_with_no_huma
             pg_url,
             redis_url,
             chaos_env(IHUB_FETCH_LEASE_TTL=TTL, IHUB_RECONCILE_AFTER=RECONCILE_AFTER),
-            schedule=1,
+            schedule=2,
             source__pagination=KEYSET,
             source__delta={"param": "updated_since", "lookback": 2},
             fetch={"page_backoff": 0.05},

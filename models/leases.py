@@ -99,7 +99,15 @@ def remember(database_url: str, name: str, value: str) -> str | None:
     """Keep ``value`` under ``name`` (a row that never expires); the value it replaced.
 
     The reconciler keeps the broker's marker here: Redis may lose it, the database does not.
+    Two first writers at once: the loser reports the winner's value as unknown (None).
     """
+    try:
+        return _remember(database_url, name, value)
+    except IntegrityError:
+        return None
+
+
+def _remember(database_url: str, name: str, value: str) -> str | None:
     with session_scope(database_url) as session:
         row = session.scalars(select(Lease).where(Lease.name == name).with_for_update()).first()
         if row is None:

@@ -416,8 +416,9 @@ def reconcile(
     its deadline is most likely among them rather than lost, so rows that a worker held
     (processing, retrying) are republished, and pending ones once the queue has drained or
     when they are overdue by ten deadlines (a backlog that never drains loses no row either).
-    ``broker_lost``: the broker lost its state, so every open row is republished now, deadline
-    or not (a live holder's claim turns the duplicate away).
+    ``broker_lost``: the broker lost its state, so every pending or retrying row is republished
+    now, deadline or not; a processing row keeps its claim's deadline (its holder may be alive
+    and finish it; if it died, the ordinary path republishes it then).
     """
     if spool is not None:
         spool.drain(lambda death: bury_spooled(hub.database_url, death))
@@ -425,8 +426,14 @@ def reconcile(
     paused = integrations.paused_names(url)
     if broker_lost:
         log.warning("the broker lost its state: republishing every open row")
+        lost = (queue.S.PENDING, queue.S.RETRYING)  # a processing row's claim has its deadline
         ids = queue.republish_due(
-            url, grace=grace, skip=paused, overdue=-EVERY_DEADLINE, limit=BROKER_LOSS_LIMIT
+            url,
+            grace=grace,
+            skip=paused,
+            statuses=lost,
+            overdue=-EVERY_DEADLINE,
+            limit=BROKER_LOSS_LIMIT,
         )
     elif not queue_depth:
         ids = queue.republish_due(url, grace=grace, skip=paused)

@@ -52,6 +52,8 @@ class IntegrationState(Base):
     last_fetch_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # JSON: where a pass over an unordered listing that a run's budget cut goes on next run
+    fetch_resume: Mapped[str | None] = mapped_column(Text)
 
 
 class StagedRecord(Base):

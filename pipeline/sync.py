@@ -17,7 +17,7 @@ from models import deadletters, integrations, leases, queue, runs
 from models.db import session_scope
 from models.schema import FetchRun, IntegrationStatus
 from pipeline import transform
-from pipeline.budget import plan_run
+from pipeline.budget import Continuation, plan_run
 from pipeline.delta import Watermark, advance, is_deletion, lower_bound, settle
 from pipeline.errors import PermanentError, ReauthRequired, TransientError
 from pipeline.hub import Hub
@@ -132,13 +132,18 @@ def _fetch_pages(
     a run cut short by its budget has read every deletion up to its start, so the next run,
     from a later watermark, misses none.
     """
-    config = hub.integration(name)
+    config, url, source = hub.integration(name), hub.database_url, hub.source(name)
     ceiling = utcnow().replace(tzinfo=UTC)  # changes from now on are read again next time
-    run = plan_run(config.fetch, lease, until=ceiling, time_limit=hub.settings.fetch_time_limit)
-    watermark = integrations.watermark(hub.database_url, name)
+    watermark = integrations.watermark(url, name)
     since = lower_bound(watermark, timedelta(seconds=config.source.delta.lookback))
     since = None if full_refresh else since
-    source, tally, seen, trusted = hub.source(name), _Tally(), watermark, True
+    stored = integrations.resume_point(url, name)
+    fresh = full_refresh or source.ordered  # an ordered listing resumes from its watermark
+    carried = None if fresh else Continuation.from_json(stored, watermark)
+    if carried is not None:  # an unordered pass a budget cut: same bounds, go on
+        since, ceiling = carried.since, carried.until
+    run = plan_run(config.fetch, lease, until=ceiling, time_limit=hub.settings.fetch_time_limit)
+    tally, seen, trusted = _Tally(), carried.seen if carried else watermark, True
     for page in source.deletion_pages(since, run.bounds):  # first: tombstones never move it
         staged = _stage_page(
             hub, name, run_id, page, watermark, watermark, tally, publish, False, lease.owner
@@ -148,7 +153,8 @@ def _fetch_pages(
         lease.renewed()
         if not page.last and run.spent(tally.pages):  # read again from the same bound next run
             return tally.result("ok", run_id, watermark, trusted)
-    for page in source.pages(since, run.bounds):
+    state = carried.state if carried else None
+    for page in source.pages(since, run.bounds, state):
         seen = advance(seen, page.records)
         movable = (source.ordered and page.checkpoint) or (page.last and page.trusted)
         moved = settle(watermark, seen, ceiling) if movable else watermark
@@ -160,17 +166,26 @@ def _fetch_pages(
         lease.renewed()
         watermark, trusted = moved, page.trusted
         if not page.last and run.spent(tally.pages):
-            return tally.result("ok", run_id, watermark, trusted, more=_resumable(source, page))
+            cut = Continuation(watermark, since, ceiling, seen, trusted, page.resume or {})
+            more = _cut(hub, name, source, page, cut)
+            return tally.result("ok", run_id, watermark, trusted, more=more)
+    if stored is not None:
+        integrations.set_resume_point(url, name, None)
     if not trusted:
         log.warning("%s: the source changed while paging; the watermark stays for a re-read", name)
     return tally.result("ok", run_id, watermark, trusted)
 
 
-def _resumable(source: RestSource, page: Page) -> bool:
-    """Whether the next run goes on from here: only an ordered listing checkpoints mid-pass.
-    An unordered pass cut short is read again from the same watermark, so starting the next
-    run at once would only repeat it: it waits for its schedule instead."""
-    return source.ordered and page.checkpoint
+def _cut(hub: Hub, name: str, source: RestSource, page: Page, cut: Continuation) -> bool:
+    """A run's budget ended the pass here: whether the next run goes on from here. An ordered
+    listing has checkpointed the watermark; an unordered one keeps where its paginator
+    stopped (when it can say), for the next run to take the pass up."""
+    if source.ordered:
+        return page.checkpoint
+    if page.resume is None:
+        return False
+    integrations.set_resume_point(hub.database_url, name, cut.to_json())
+    return True
 
 
 def _stage_page(

@@ -254,6 +254,34 @@ def test_the_budget_ends_a_run_with_more_to_read_and_the_next_goes_on(
     assert len(record_requests(demo)) == 6
 
 
+def test_an_unordered_backfill_goes_on_where_the_budget_cut_it(
+    sqlite_url: str, tmp_path: Path, demo: DemoSource
+) -> None:
+    """Cursor paging over an unordered listing, 9 records, 2 a page, a budget of 2 pages: the
+    next run takes the pass up at the cursor where the last one stopped (no page read twice);
+    the watermark moves once, when the pass ends."""
+    spread(demo, 9)
+    demo.advance_clock(60)
+    hub = make_hub(
+        sqlite_url,
+        tmp_path,
+        demo,
+        fetch={"max_pages": 2},
+        pagination={"type": "cursor", "limit": 2},
+    )
+    results = [fetch(hub)]
+    assert integrations.watermark(sqlite_url, NAME) is None
+    results += [fetch(hub), fetch(hub)]
+    assert [(r.pages, r.more) for r in results] == [(2, True), (2, True), (1, False)]
+    sent = [p.get("cursor") for p in record_requests(demo)]
+    assert len(sent) == 5 == len(set(sent)), sent
+    assert sorted(staged_ids(sqlite_url)) == [f"REC{n:06d}" for n in range(1, 10)]
+    assert integrations.watermark(sqlite_url, NAME) == Watermark(
+        T0 + timedelta(seconds=8), "REC000009"
+    )
+    assert integrations.resume_point(sqlite_url, NAME) is None
+
+
 def test_until_is_available_to_templates_and_bodies(tmp_path: Path, demo: DemoSource) -> None:
     """``{until}`` is the run's upper bound in the delta's format, in a template and a body."""
     config = (

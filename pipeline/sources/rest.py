@@ -54,6 +54,7 @@ class Page:
     checkpoint: bool = True  # every record up to the last one here has been read
     trusted: bool = True  # nothing suggests the pass skipped a record (so far)
     last: bool = True  # the pass ends with this page
+    resume: dict[str, Any] | None = None  # where a later run can take the pass up again
 
 
 class RestSource:
@@ -81,7 +82,12 @@ class RestSource:
         """Whether the listing comes sorted by updated (keyset paging always asks for that)."""
         return self.config.ordered or self.config.pagination.type == "keyset"
 
-    def pages(self, since: datetime | None, run: RunBounds | None = None) -> Iterator[Page]:
+    def pages(
+        self,
+        since: datetime | None,
+        run: RunBounds | None = None,
+        resume: dict[str, Any] | None = None,
+    ) -> Iterator[Page]:
         """Each page's records, in the order the source returned them, up to ``run.until``.
 
         On an ordered listing the pass stops at the first record updated after ``until`` (the
@@ -90,6 +96,8 @@ class RestSource:
         """
         run = run or RunBounds()
         paginator = make_paginator(self.config, since)
+        if resume is not None:
+            paginator.resume(resume)
         while not paginator.done:
             request = build_request(
                 self.config,
@@ -110,6 +118,7 @@ class RestSource:
             paginator.advance(Reply(body, headers, items, keys, url))
             page.checkpoint, page.trusted = paginator.checkpoint, paginator.trusted
             page.last = paginator.done or self._cut_at(page, run.until)
+            page.resume = None if page.last else paginator.resume_state()
             yield page
             if page.last:
                 return

@@ -42,10 +42,10 @@ def test_fetch_worker_killed_and_broker_flushed_mid_paging_recovers_with_no_huma
     """SIGKILL the worker running the fetch mid-paging, flush the broker db, keep the source
     changing: the next fetch starts within 2 x TTL, the lost rows come back through the
     broker-loss marker, and the target ends equal to the source with nothing dead."""
-    source = DemoSource(DemoSourceOptions(page_delay=0.1, page_size_max=1000)).start()
+    source = DemoSource(DemoSourceOptions(page_delay=0.25, page_size_max=1000)).start()
     stop = threading.Event()
     try:
-        source.seed(300, start=datetime.now(UTC) - timedelta(hours=1))
+        source.seed(400, start=datetime.now(UTC) - timedelta(hours=1))
         prepare_target(pg_url)
         env, hub, app = build_stack(
             tmp_path,

@@ -214,8 +214,8 @@ class World:
         class Interleaved:
             ordered = real.ordered
 
-            def pages(self, since: Any, run: Any = None) -> Iterator[Any]:
-                for number, page in enumerate(real.pages(since, run)):
+            def pages(self, since: Any, run: Any = None, resume: Any = None) -> Iterator[Any]:
+                for number, page in enumerate(real.pages(since, run, resume)):
                     yield page
                     world.just_read = [r.id for r in page.records]
                     for op in plan[number] if number < len(plan) else []:

@@ -73,8 +73,8 @@ def delta(hub: Hub, *, between_pages: Any = None, full_refresh: bool = False) ->
         class Hooked:
             ordered = real.ordered
 
-            def pages(self, since: Any, run: Any = None) -> Iterator[Any]:
-                for number, page in enumerate(real.pages(since, run)):
+            def pages(self, since: Any, run: Any = None, resume: Any = None) -> Iterator[Any]:
+                for number, page in enumerate(real.pages(since, run, resume)):
                     yield page
                     between_pages(number)
 

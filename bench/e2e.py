@@ -272,6 +272,7 @@ class Bench:
         config = yaml.safe_load(DEMO_CONFIG.read_text())
         integration = config["integrations"][INTEGRATION]
         integration["source"]["pagination"]["limit"] = self.args.page_limit
+        integration["fetch"] = {"max_pages": 1_000_000}  # the benchmark times one whole run
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
 
     # -- ihub -------------------------------------------------------------------------------

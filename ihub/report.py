@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from models import dashboard, deadletters, idmap, integrations, queue, runs
+from models import dashboard, deadletters, idmap, integrations, leases, queue, runs
 from models.redaction import MASK, SECRET_NAME, redact
 from models.schema import IntegrationState, IntegrationStatus
 from pipeline.timefmt import from_version_string, utcnow
@@ -91,7 +91,22 @@ def _integration(
         "last_success_at": iso(state.last_success_at),
         "last_success_age_seconds": _age(now, state.last_success_at),
         "last_run": runs.latest(database_url, name),
+        "fetch_holder": fetch_holder(database_url, name),
         "counts": counts,
+    }
+
+
+def fetch_holder(database_url: str, name: str) -> dict[str, Any] | None:
+    """Who runs the integration's fetch now (worker and pid, task id) and since when."""
+    found = leases.current(database_url, f"fetch:{name}")
+    if found is None:
+        return None
+    return {
+        "holder": found.holder,
+        "task_id": found.owner,
+        "since": iso(found.since),
+        "renewed_at": iso(found.renewed_at),
+        "expires_at": iso(found.expires_at),
     }
 
 
@@ -254,6 +269,12 @@ def render_text(status: dict[str, Any]) -> list[str]:
             counts,
         ]
         lines.append(" | ".join(parts))
+        holder = item.get("fetch_holder")
+        if holder:
+            lines.append(
+                f"  fetching since {holder['since']} by {holder['holder'] or 'unknown'} "
+                f"(task {holder['task_id']}, lease until {holder['expires_at']})"
+            )
         if item["status_reason"]:
             lines.append(f"  reason: {item['status_reason']}")
     rate, times = status["success_rate"], status["processing_time"]

@@ -94,3 +94,13 @@ def is_paused(database_url: str, name: str) -> bool:
     with session_scope(database_url) as session:
         state = session.get(IntegrationState, name)
         return state is not None and state.status == IntegrationStatus.REAUTH_REQUIRED
+
+
+def resume_point(database_url: str, name: str) -> str | None:
+    """The continuation of a pass a run's budget cut (JSON), if any."""
+    return load(database_url, name).fetch_resume
+
+
+def set_resume_point(database_url: str, name: str, data: str | None) -> None:
+    with session_scope(database_url) as session:
+        get_state(session, name).fetch_resume = data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from models.db import session_scope
 from models.redaction import redact
@@ -13,7 +13,14 @@ from models.values import utcnow
 
 
 def start(database_url: str, integration: str) -> int:
+    """A new run; called under the integration's fetch lease, so a run still marked running
+    lost its holder (killed): it is marked ``abandoned``."""
     with session_scope(database_url) as session:
+        session.execute(
+            update(FetchRun)
+            .where(FetchRun.integration == integration, FetchRun.status == "running")
+            .values(status="abandoned", finished_at=utcnow(), error="its fetch was lost")
+        )
         run = FetchRun(integration=integration, status="running", pages=0, fetched=0, staged=0)
         session.add(run)
         session.flush()

@@ -52,6 +52,8 @@ class IntegrationState(Base):
     last_fetch_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # JSON: where a pass over an unordered listing that a run's budget cut goes on next run
+    fetch_resume: Mapped[str | None] = mapped_column(Text)
 
 
 class StagedRecord(Base):
@@ -176,12 +178,16 @@ class Token(Base):
 
 
 class Lease(Base):
-    """A named lock with an expiry, for one fetch per integration on any database."""
+    """A named lock with a short expiry that its holder's heartbeat moves: one fetch per
+    integration on any database. ``holder`` and ``acquired_at`` say who runs it since when."""
 
     __tablename__ = "ihub_leases"
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner: Mapped[str | None] = mapped_column(String(128))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    holder: Mapped[str | None] = mapped_column(String(255))
+    acquired_at: Mapped[datetime | None] = mapped_column(DateTime)
+    renewed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class IdMapEntry(Base):

@@ -197,12 +197,26 @@ class RedriveConfig(Strict):
     rate: float = Field(50.0, gt=0, description="records published a second")
 
 
+class FetchConfig(Strict):
+    """Bounds of one fetch run and its page-level retries: every run ends, checkpointed, and
+    the next one starts at once while there is more to read."""
+
+    max_pages: int = Field(500, ge=1, description="pages per run; the rest is the next run's")
+    max_seconds: float = Field(
+        300.0, gt=0, description="seconds per run (at most half of IHUB_FETCH_TIME_LIMIT)"
+    )
+    page_retries: int = Field(3, ge=0, le=10, description="retries of one page in place")
+    page_backoff: float = Field(1.0, ge=0, description="first page retry delay, then doubled")
+    page_backoff_max: float = Field(30.0, ge=0, description="cap of one delay, Retry-After too")
+
+
 class IntegrationConfig(Strict):
     name: str = ""
     schedule: float | str = 60.0
     source: SourceConfig
     sink: SinkConfig
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
     transform: TransformConfig | None = None
     redrive: RedriveConfig = Field(default_factory=RedriveConfig)
     classify: str | None = Field(

@@ -45,6 +45,7 @@ class Settings(BaseModel):
     reconcile_after: PositiveFloat = Field(300.0, description="seconds before a row is lost")
     process_time_limit: PositiveFloat = Field(300.0, description="hard limit of one record task")
     fetch_time_limit: PositiveFloat = Field(1800.0, description="hard limit of one fetch run")
+    fetch_lease_ttl: PositiveFloat = Field(60.0, description="seconds a fetch lease outlives it")
     visibility_timeout: PositiveInt = Field(7200, description="Redis redelivery timeout")
     web_user: str = Field("", description="status page HTTP Basic user")
     web_password: str = Field("", repr=False, description="status page HTTP Basic password")

@@ -18,24 +18,28 @@ from models.db import session_scope
 from models.redaction import redact
 from models.schema import FetchRun, IntegrationStatus
 from pipeline import transform
+from pipeline.budget import Continuation, plan_run
 from pipeline.delta import Watermark, advance, is_deletion, lower_bound, settle
 from pipeline.errors import PermanentError, ReauthRequired, TransientError
 from pipeline.hub import Hub
+from pipeline.lease import FetchLease, LeaseLost, lease_name
 from pipeline.retry import backoff_seconds
 from pipeline.sinks import RestSink, SqlSink
-from pipeline.sources.rest import Page
+from pipeline.sources.rest import Page, RestSource
 from pipeline.spool import Spool, SpooledDeath, is_database_outage
 from pipeline.timefmt import utcnow
 
 log = logging.getLogger(__name__)
 
 MAX_CRASH_REDELIVERIES = 3
+EVERY_DEADLINE = 10 * 365 * 86400.0  # "overdue by minus ten years": every open row
+BROKER_LOSS_LIMIT = 50_000  # rows republished at once after a broker loss; more wait deadlines
 Publish = Callable[[list[int]], None]
 
 
 @dataclass(frozen=True)
 class FetchResult:
-    status: str  # ok | paused | busy | lost_race
+    status: str  # ok | paused | busy | lost_race | lease_lost
     run_id: int | None = None
     pages: int = 0
     fetched: int = 0
@@ -43,10 +47,17 @@ class FetchResult:
     unpublished: int = 0
     watermark: Watermark | None = None
     trusted: bool = True  # False: the pass may have skipped rows, the watermark stayed
+    more: bool = False  # the run's budget ended it: start the next run at once
 
 
 def fetch_delta(
-    hub: Hub, name: str, publish: Publish, *, owner: str, full_refresh: bool = False
+    hub: Hub,
+    name: str,
+    publish: Publish,
+    *,
+    owner: str,
+    full_refresh: bool = False,
+    holder: str | None = None,
 ) -> FetchResult:
     """Stage every record changed since the watermark, page by page, and publish new rows.
 
@@ -54,6 +65,8 @@ def fetch_delta(
     it is published: a crash at any point loses nothing, and a failed publish only delays rows
     that the reconciler will republish. ``full_refresh`` reads everything from the beginning and
     stages every record again, so the sink rewrites each row once (by key: no duplicates).
+    The run holds a short lease (``IHUB_FETCH_LEASE_TTL``) that its heartbeat keeps, and ends
+    within its budget (``fetch.max_pages``, ``fetch.max_seconds``) with ``more`` set.
     """
     url = hub.database_url
     state = integrations.load(url, name)
@@ -61,24 +74,28 @@ def fetch_delta(
         if not hub.has_new_credentials(name):
             return FetchResult("paused")
         resume(hub, name, publish)  # a new refresh token in the config: try it
-    lease = f"fetch:{name}"
-    if not leases.acquire(url, lease, owner, ttl=hub.settings.fetch_time_limit + 60):
+    lease = FetchLease(url, name, owner, hub.settings.fetch_lease_ttl, holder=holder)
+    if not lease.acquire():
         return FetchResult("busy")
     run_id = runs.start(url, name)
     try:
-        result = _fetch_pages(hub, name, publish, run_id, full_refresh)
+        result = _fetch_pages(hub, name, publish, run_id, lease, full_refresh)
     except ReauthRequired as exc:
         integrations.pause_for_reauth(url, name, exc.reason)
         runs.finish(url, run_id, status="paused", error=str(exc))
         log.warning("%s: paused, re-authorisation required: %s", name, exc.reason)
         return FetchResult("paused", run_id)
+    except LeaseLost as exc:
+        runs.finish(url, run_id, status="lease_lost", error=str(exc))
+        log.warning("%s", exc)
+        return FetchResult("lease_lost", run_id)
     except Exception as exc:
         error = redact(f"{type(exc).__name__}: {exc}")[:2000]
         runs.finish(url, run_id, status="failed", error=error)
         integrations.mark_fetch(url, name, success=False)
         raise
     finally:
-        leases.release(url, lease, owner)
+        lease.release()
     runs.finish(url, run_id, status=result.status)
     integrations.mark_fetch(url, name, success=result.status == "ok")
     return result
@@ -92,42 +109,85 @@ class _Tally:
     unpublished: int = 0
 
     def result(
-        self, status: str, run_id: int, mark: Watermark | None, trusted: bool
+        self, status: str, run_id: int, mark: Watermark | None, trusted: bool, more: bool = False
     ) -> FetchResult:
         counts = (self.pages, self.fetched, self.staged, self.unpublished)
-        return FetchResult(status, run_id, *counts, watermark=mark, trusted=trusted)
+        return FetchResult(status, run_id, *counts, watermark=mark, trusted=trusted, more=more)
 
 
 def _fetch_pages(
-    hub: Hub, name: str, publish: Publish, run_id: int, full_refresh: bool = False
+    hub: Hub,
+    name: str,
+    publish: Publish,
+    run_id: int,
+    lease: FetchLease,
+    full_refresh: bool = False,
 ) -> FetchResult:
-    """Stage the pages, then the tombstone listing (if any), moving the watermark with them.
+    """Stage the tombstone listing (if any), then the pages, moving the watermark with them.
 
     On a listing ordered by updated the watermark moves page by page to the last (updated, id)
     staged, so a fetch killed midway resumes from there; on any other listing it moves once the
     pass has ended, and only when the paginator trusts the pass (offset and page paging check
     that the source did not shift under them). It never passes the instant the fetch started
-    (``delta.settle``), and tombstones never move it.
+    (``delta.settle``), and tombstones never move it. A spent budget ends an ordered listing
+    after its last checkpoint, with ``more`` set. Tombstones come first, from the same bound:
+    a run cut short by its budget has read every deletion up to its start, so the next run,
+    from a later watermark, misses none.
     """
-    config = hub.integration(name)
+    config, url, source = hub.integration(name), hub.database_url, hub.source(name)
     ceiling = utcnow().replace(tzinfo=UTC)  # changes from now on are read again next time
-    watermark = integrations.watermark(hub.database_url, name)
+    watermark = integrations.watermark(url, name)
     since = lower_bound(watermark, timedelta(seconds=config.source.delta.lookback))
     since = None if full_refresh else since
-    source, tally, seen, trusted = hub.source(name), _Tally(), watermark, True
-    for page in source.pages(since):
+    stored = integrations.resume_point(url, name)
+    fresh = full_refresh or source.ordered  # an ordered listing resumes from its watermark
+    carried = None if fresh else Continuation.from_json(stored, watermark)
+    if carried is not None:  # an unordered pass a budget cut: same bounds, go on
+        since, ceiling = carried.since, carried.until
+    run = plan_run(config.fetch, lease, until=ceiling, time_limit=hub.settings.fetch_time_limit)
+    tally, seen, trusted = _Tally(), carried.seen if carried else watermark, True
+    for page in source.deletion_pages(since, run.bounds):  # first: tombstones never move it
+        staged = _stage_page(
+            hub, name, run_id, page, watermark, watermark, tally, publish, False, lease.owner
+        )
+        if not staged:
+            return tally.result("lost_race", run_id, watermark, trusted)
+        lease.renewed()
+        if not page.last and run.spent(tally.pages):  # read again from the same bound next run
+            return tally.result("ok", run_id, watermark, trusted)
+    state = carried.state if carried else None
+    for page in source.pages(since, run.bounds, state):
         seen = advance(seen, page.records)
         movable = (source.ordered and page.checkpoint) or (page.last and page.trusted)
         moved = settle(watermark, seen, ceiling) if movable else watermark
-        if not _stage_page(hub, name, run_id, page, watermark, moved, tally, publish, full_refresh):
+        staged = _stage_page(
+            hub, name, run_id, page, watermark, moved, tally, publish, full_refresh, lease.owner
+        )
+        if not staged:
             return tally.result("lost_race", run_id, watermark, trusted)
+        lease.renewed()
         watermark, trusted = moved, page.trusted
+        if not page.last and run.spent(tally.pages):
+            cut = Continuation(watermark, since, ceiling, seen, trusted, page.resume or {})
+            more = _cut(hub, name, source, page, cut)
+            return tally.result("ok", run_id, watermark, trusted, more=more)
+    if stored is not None:
+        integrations.set_resume_point(url, name, None)
     if not trusted:
         log.warning("%s: the source changed while paging; the watermark stays for a re-read", name)
-    for page in source.deletion_pages(since):
-        if not _stage_page(hub, name, run_id, page, watermark, watermark, tally, publish, False):
-            return tally.result("lost_race", run_id, watermark, trusted)
     return tally.result("ok", run_id, watermark, trusted)
+
+
+def _cut(hub: Hub, name: str, source: RestSource, page: Page, cut: Continuation) -> bool:
+    """A run's budget ended the pass here: whether the next run goes on from here. An ordered
+    listing has checkpointed the watermark; an unordered one keeps where its paginator
+    stopped (when it can say), for the next run to take the pass up."""
+    if source.ordered:
+        return page.checkpoint
+    if page.resume is None:
+        return False
+    integrations.set_resume_point(hub.database_url, name, cut.to_json())
+    return True
 
 
 def _stage_page(
@@ -140,9 +200,11 @@ def _stage_page(
     tally: _Tally,
     publish: Publish,
     force: bool,
+    owner: str | None = None,
 ) -> bool:
-    """One transaction: stage the page, move the watermark (compare-and-set); then publish.
-    False when another fetch moved the watermark first."""
+    """One transaction: stage the page, move the watermark (compare-and-set), renew the lease
+    (``LeaseLost`` rolls all of it back); then publish. False when another fetch moved the
+    watermark first."""
     with session_scope(hub.database_url) as session:
         due_in = hub.settings.reconcile_after
         options = {"force": True} if force else {}
@@ -152,6 +214,10 @@ def _stage_page(
         if not integrations.move_watermark(session, name, watermark, moved):
             session.rollback()
             return False
+        if owner is not None and not leases.hold(
+            session, lease_name(name), owner, hub.settings.fetch_lease_ttl
+        ):
+            raise LeaseLost(name)
         run = session.get(FetchRun, run_id)
         if run is not None:
             run.pages += 1
@@ -354,7 +420,12 @@ def redrive(hub: Hub, name: str, publish: Publish) -> deadletters.Requeued:
 
 
 def reconcile(
-    hub: Hub, publish: Publish, spool: Spool | None = None, *, queue_depth: int | None = None
+    hub: Hub,
+    publish: Publish,
+    spool: Spool | None = None,
+    *,
+    queue_depth: int | None = None,
+    broker_lost: bool = False,
 ) -> int:
     """Write the spooled dead letters, then republish open rows past their deadline; the count
     republished.
@@ -363,12 +434,26 @@ def reconcile(
     its deadline is most likely among them rather than lost, so rows that a worker held
     (processing, retrying) are republished, and pending ones once the queue has drained or
     when they are overdue by ten deadlines (a backlog that never drains loses no row either).
+    ``broker_lost``: the broker lost its state, so every pending or retrying row is republished
+    now, deadline or not; a processing row keeps its claim's deadline (its holder may be alive
+    and finish it; if it died, the ordinary path republishes it then).
     """
     if spool is not None:
         spool.drain(lambda death: bury_spooled(hub.database_url, death))
     url, grace = hub.database_url, hub.settings.reconcile_after
     paused = integrations.paused_names(url)
-    if not queue_depth:
+    if broker_lost:
+        log.warning("the broker lost its state: republishing every open row")
+        lost = (queue.S.PENDING, queue.S.RETRYING)  # a processing row's claim has its deadline
+        ids = queue.republish_due(
+            url,
+            grace=grace,
+            skip=paused,
+            statuses=lost,
+            overdue=-EVERY_DEADLINE,
+            limit=BROKER_LOSS_LIMIT,
+        )
+    elif not queue_depth:
         ids = queue.republish_due(url, grace=grace, skip=paused)
     else:
         held = (queue.S.PROCESSING, queue.S.RETRYING)

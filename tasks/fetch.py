@@ -1,7 +1,11 @@
-"""fetch_delta: stage what changed at the source, then fan out one task per new row."""
+"""fetch_delta: stage what changed at the source, then fan out one task per new row.
+
+A run ends within its budget; when it says there is more to read, the next run is sent at once
+(the watermark is checkpointed, so it goes on from there)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery, Task
@@ -22,22 +26,27 @@ def register(app: Celery, settings: Settings) -> None:
         acks_late=True,
         ignore_result=True,
         time_limit=settings.fetch_time_limit,
-        soft_time_limit=settings.fetch_time_limit - 60,
+        soft_time_limit=settings.fetch_time_limit - min(60.0, settings.fetch_time_limit / 10),
     )
     def fetch_delta(self: Task, integration: str) -> dict[str, Any]:
         engine = hub()
+        task_id = self.request.id or "fetch"
+        holder = f"{self.request.hostname or 'worker'} pid {os.getpid()} task {task_id}"
         try:
             result = sync.fetch_delta(
                 engine,
                 integration,
                 lambda ids: publish_records(app, ids),
-                owner=self.request.id or "fetch",
+                owner=task_id,
+                holder=holder,
             )
         except TransientError as exc:
             transient = redacted_error(exc)
         except Exception as exc:
             raise leaving(exc, f"fetch {integration}") from None
         else:
+            if result.more:  # the budget ended the run: the next one goes on from its checkpoint
+                self.apply_async((integration,))
             return {"status": result.status, "run_id": result.run_id, "staged": result.staged}
         # Outside the except block: Celery chains the exception being handled to the one it
         # raises when retries are spent, and that chain would carry the unredacted text.

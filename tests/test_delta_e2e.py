@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -52,7 +53,9 @@ def staged_pairs(url: str) -> list[tuple[str, str, str]]:
 def test_source_changing_during_syncs_ends_equal_after_one_more_delta(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_url: str, source
 ) -> None:
-    """Changes during deltas, then one more delta: the target equals the source."""
+    """A source changing faster than a fetch reads: every run ends within its budget while the
+    status stays running; after the changes stop, one more delta (its continuation runs
+    included) makes the target equal to the source."""
     source.seed(400, start=datetime.now(UTC) - timedelta(seconds=40))
     deletes = {
         **TOMBSTONES,
@@ -68,6 +71,7 @@ def test_source_changing_during_syncs_ends_equal_after_one_more_delta(
         source__pagination=KEYSET,
         source__delta={"param": "updated_since", "lookback": 2},
         source__deletes=deletes,
+        fetch=BUDGET,
     )
     stop, rng = threading.Event(), random.Random(7)
 
@@ -82,21 +86,49 @@ def test_source_changing_during_syncs_ends_equal_after_one_more_delta(
         workers.wait_ready()
         mutator = threading.Thread(target=mutate, daemon=True)
         mutator.start()
-        deltas, until = 0, time.monotonic() + 8
+        results, states, until = [], set(), time.monotonic() + 8
         try:
-            while time.monotonic() < until:
-                assert fetch(hub, app).status == "ok"
-                deltas += 1
+            while len(results) < 3 or time.monotonic() < until:  # each fetch ends: bounded
+                results.append(fetch(hub, app))
+                states.add(integration_state(hub.database_url))
         finally:
             stop.set()
             mutator.join(timeout=10)
-        assert fetch(hub, app).status == "ok"
+        final = catch_up(hub, app)
         wait_until(lambda: settled(hub.database_url), timeout=120, what="every record written")
     expected = {rid: int(r["version"]) for rid, r in source.snapshot().items()}
-    assert deltas >= 3 and len(source.deleted_ids()) > 10
+    pages = [r.pages for r in results]
+    print(
+        f"\nHOT runs={len(results)} pages={pages} more={sum(r.more for r in results)} "
+        f"final={[(r.pages, r.more) for r in final]} records={len(expected)}"
+    )
+    assert {r.status for r in results} == {"ok"} and states == {"running"}
+    assert max(pages) <= BUDGET["max_pages"] + 1  # the tombstones get one page at least
+    assert len(source.deleted_ids()) > 10
     assert live_target(hub.database_url) == expected
     staged = staged_pairs(hub.database_url)
     assert len(staged) == len(set(staged)), "a version was staged twice"
+
+
+BUDGET = {"max_pages": 30, "max_seconds": 5, "page_backoff": 0.05}
+
+
+def catch_up(hub: Any, app: Any, runs_at_most: int = 50) -> list[Any]:
+    """One more delta after the changes stopped, with its continuation runs."""
+    done = []
+    for _ in range(runs_at_most):
+        done.append(fetch(hub, app))
+        assert done[-1].status == "ok", done[-1]
+        if not done[-1].more:
+            return done
+    raise AssertionError(f"still more to read after {runs_at_most} runs of a still source")
+
+
+def integration_state(url: str) -> str:
+    from ihub.report import integrations_overview
+
+    [item] = integrations_overview(url, datetime.now(UTC).replace(tzinfo=None))
+    return str(item["state"])
 
 
 def test_fetch_killed_mid_paging_resumes_from_its_checkpoint(
@@ -132,7 +164,12 @@ def test_fetch_killed_mid_paging_resumes_from_its_checkpoint(
             killed_at = time.monotonic()
             checkpoint = integrations.watermark(url, "incidents")
             wait_until(lambda: _finished_runs(url) >= 1, timeout=90, what="the redelivered fetch")
-            wait_until(lambda: settled(url), timeout=90, what="every record written")
+            # the kill may land between a page's commit and its publish: reconcile as beat would
+            wait_until(
+                lambda: _reconciled(hub, app) and settled(url),
+                timeout=90,
+                what="every record written",
+            )
         after = [params for at, _m, path, params in demo.requests if at > killed_at]
     finally:
         demo.stop()
@@ -149,3 +186,11 @@ def _finished_runs(url: str) -> int:
     with session_scope(url) as session:
         query = select(FetchRun.id).where(FetchRun.status == "ok")
         return len(list(session.scalars(query)))
+
+
+def _reconciled(hub: Any, app: Any) -> bool:
+    from pipeline import sync
+    from tasks.records import publish_records
+
+    sync.reconcile(hub, lambda ids: publish_records(app, ids))
+    return True

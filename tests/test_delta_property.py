@@ -214,16 +214,16 @@ class World:
         class Interleaved:
             ordered = real.ordered
 
-            def pages(self, since: Any) -> Iterator[Any]:
-                for number, page in enumerate(real.pages(since)):
+            def pages(self, since: Any, run: Any = None, resume: Any = None) -> Iterator[Any]:
+                for number, page in enumerate(real.pages(since, run, resume)):
                     yield page
                     world.just_read = [r.id for r in page.records]
                     for op in plan[number] if number < len(plan) else []:
                         world.mutate(op)
                 world.just_read = []
 
-            def deletion_pages(self, since: Any) -> Any:
-                return real.deletion_pages(since)
+            def deletion_pages(self, since: Any, run: Any = None) -> Any:
+                return real.deletion_pages(since, run)
 
         self.hub.source = lambda name: Interleaved()  # type: ignore[method-assign]
         try:

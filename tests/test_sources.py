@@ -52,6 +52,7 @@ def make_hub(url: str, home: Path, demo: DemoSource, **fields: Any) -> Hub:
         "source": {"url": demo.records_url, "records": "data", "auth": {"type": "none"}, **fields},
         "sink": {"table": "target"},
         "retry": {"max_retries": 0, "backoff": 0},
+        "fetch": {"page_backoff": 0},
     }
     config = parse_config({"integrations": {NAME: body}}, file="t", env={})
     hub = Hub(settings_from_env({"IHUB_DATABASE_URL": url, "IHUB_HOME": str(home)}), config)
@@ -72,13 +73,13 @@ def delta(hub: Hub, *, between_pages: Any = None, full_refresh: bool = False) ->
         class Hooked:
             ordered = real.ordered
 
-            def pages(self, since: Any) -> Iterator[Any]:
-                for number, page in enumerate(real.pages(since)):
+            def pages(self, since: Any, run: Any = None, resume: Any = None) -> Iterator[Any]:
+                for number, page in enumerate(real.pages(since, run, resume)):
                     yield page
                     between_pages(number)
 
-            def deletion_pages(self, since: Any) -> Any:
-                return real.deletion_pages(since)
+            def deletion_pages(self, since: Any, run: Any = None) -> Any:
+                return real.deletion_pages(since, run)
 
         hub.source = lambda name: Hooked()  # type: ignore[method-assign]
     try:
@@ -296,7 +297,8 @@ def test_a_tombstone_listing_deletes_target_rows(
 def test_a_fetch_failing_midway_resumes_from_its_last_checkpoint(
     sqlite_url: str, tmp_path: Path, demo: DemoSource
 ) -> None:
-    """A 503 on page 3 leaves the watermark at page 2, where the next fetch starts."""
+    """A 503 on page 3 that outlasts the page retries leaves the watermark at page 2, where the
+    next fetch starts."""
     spread(demo, 10)
     demo.advance_clock(60)
     hub = make_hub(
@@ -308,8 +310,8 @@ def test_a_fetch_failing_midway_resumes_from_its_last_checkpoint(
     )
 
     def fail_third(number: int) -> None:
-        if number == 1:  # two pages staged: the third request answers 503
-            demo.fail_next("/api/records", 503)
+        if number == 1:  # two pages staged: the third request and its 3 retries answer 503
+            demo.fail_next("/api/records", 503, count=4)
 
     with pytest.raises(TransientError):
         delta(hub, between_pages=fail_third)

@@ -86,11 +86,17 @@ def workers(
             stop(process)
 
 
-def wait_for_workers(env: dict[str, str], count: int, timeout: float = 60) -> None:
+def wait_for_workers(env: dict[str, str], count: int, timeout: float = 120) -> None:
+    """Ping until ``count`` workers answer; a ping slow to start (a loaded machine) is only one
+    try, and the whole wait is bounded by ``timeout``."""
     deadline = time.monotonic() + timeout
     command = [sys.executable, "-m", "celery", "-A", "tasks", "inspect", "ping", "--timeout", "2"]
     while time.monotonic() < deadline:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+        left = max(5.0, deadline - time.monotonic())
+        try:
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=left)
+        except subprocess.TimeoutExpired:
+            continue
         if result.stdout.count("pong") >= count:
             return
         time.sleep(0.5)

@@ -74,6 +74,13 @@ class Paginator:
     def advance(self, reply: Reply) -> None:
         self.done = True
 
+    def resume_state(self) -> dict[str, Any] | None:
+        """Where a later run can take this pass up again (JSON-able); None: it cannot."""
+        return None
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Take up a pass where ``resume_state`` left it."""
+
 
 def _limit(param: str | None, limit: int) -> dict[str, Any]:
     return {param: limit} if param else {}
@@ -127,6 +134,12 @@ class CursorPaginator(Paginator):
         self.seen.add(cursor)
         self.cursor = cursor
 
+    def resume_state(self) -> dict[str, Any] | None:
+        return {"cursor": self.cursor} if self.cursor else None
+
+    def resume(self, state: dict[str, Any]) -> None:
+        self.cursor = str(state["cursor"])
+
 
 class NextUrlPaginator(Paginator):
     """Follow the next page's URL: from the body (``next_url``) or the ``Link`` header."""
@@ -156,6 +169,12 @@ class NextUrlPaginator(Paginator):
             raise PermanentError(f"pagination loop: next URL {url[:80]!r} came back twice")
         self.seen.add(url)
         self.url = url
+
+    def resume_state(self) -> dict[str, Any] | None:
+        return {"url": self.url} if self.url else None
+
+    def resume(self, state: dict[str, Any]) -> None:
+        self.url = str(state["url"])
 
     def _find(self, reply: Reply) -> Any:
         if isinstance(self.config, NextUrlPagination):
@@ -211,6 +230,15 @@ class OffsetPaginator(Paginator):
         self.tail = keys[step:] if self.overlap else []
         self.offset += step
 
+    def resume_state(self) -> dict[str, Any] | None:
+        tail = [[k.updated.isoformat(), k.id] for k in self.tail]
+        return {"offset": self.offset, "tail": tail, "trusted": self.trusted}
+
+    def resume(self, state: dict[str, Any]) -> None:
+        self.offset = int(state["offset"])
+        self.tail = [Watermark(datetime.fromisoformat(u), i) for u, i in state["tail"]]
+        self.trusted = self.checkpoint = bool(state["trusted"])
+
 
 class PagePaginator(Paginator):
     """Page numbers. Overlap is impossible, so a pass is trusted only when it saw no change:
@@ -246,6 +274,14 @@ class PagePaginator(Paginator):
             self.done = True
             return
         self.page += 1
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The versions seen stay behind: a resumed pass checks the total count only."""
+        return {"page": self.page, "total": self.total, "trusted": self.trusted}
+
+    def resume(self, state: dict[str, Any]) -> None:
+        self.page, self.total = int(state["page"]), state["total"]
+        self.trusted = bool(state["trusted"])
 
 
 class KeysetPaginator(Paginator):

@@ -4,20 +4,21 @@ Pure functions, so that every placement style is tested without a server. The bo
 in the delta's format and zone, then placed as a plain query parameter (``updated_since=...``),
 or templated into a query-language parameter (``sysparm_query=sys_updated_on>={watermark}``),
 or into a JSON body for search endpoints that use POST (``{watermark}``, and ``{id}`` for keyset
-paging, anywhere in the body's strings). With POST, the paginator's parameters and
+paging, anywhere in the body's strings; ``{until}``, the run's upper bound, for APIs that take
+one). With POST, the paginator's parameters and
 ``delta.param`` are dotted paths into the body; static ``params`` stay in the query string.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import DeltaConfig, SourceConfig
 from pipeline.timefmt import EPOCH, format_time
 
-WATERMARK, ID = "{watermark}", "{id}"
+WATERMARK, ID, UNTIL = "{watermark}", "{id}", "{until}"
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,11 @@ def build_request(
     bound: tuple[datetime | None, str],
     page_params: dict[str, Any],
     next_url: str | None = None,
+    *,
+    until: datetime | None = None,
 ) -> Request:
     """The next request: to ``next_url`` as given, or to the source URL with everything placed."""
-    values = placeholders(config, *bound)
+    values = placeholders(config, *bound, until=until)
     body = render(config.body, values) if config.method == "POST" else None
     if next_url:
         return Request(config.method, next_url, {}, body)
@@ -52,9 +55,10 @@ def build_request(
 
 
 def placeholders(
-    config: SourceConfig, updated: datetime | None, record_id: str
+    config: SourceConfig, updated: datetime | None, record_id: str, until: datetime | None = None
 ) -> dict[str, str] | None:
-    """``{watermark}`` and ``{id}`` for this request; None when no bound goes out at all.
+    """``{watermark}``, ``{id}`` and ``{until}`` (default: now) for this request; None when no
+    bound goes out at all.
 
     A first load has no bound: a plain parameter is then left out, while a template or a body
     (which cannot drop a clause) gets ``delta.start``, or the Unix epoch.
@@ -62,10 +66,16 @@ def placeholders(
     delta = config.delta
     if updated is None:
         updated = delta.start
-    if updated is None and not (delta.template or WATERMARK in str(config.body or "")):
+    body = str(config.body or "")
+    if updated is None and not (delta.template or WATERMARK in body or UNTIL in body):
         return None
     moment = updated if updated is not None else EPOCH
-    return {WATERMARK: format_time(moment, delta.format, tz=delta.timezone), ID: record_id}
+    upper = until if until is not None else datetime.now(UTC)
+    return {
+        WATERMARK: format_time(moment, delta.format, tz=delta.timezone),
+        ID: record_id,
+        UNTIL: format_time(upper, delta.format, tz=delta.timezone),
+    }
 
 
 def bound_value(delta: DeltaConfig, values: dict[str, str]) -> str:
@@ -75,8 +85,9 @@ def bound_value(delta: DeltaConfig, values: dict[str, str]) -> str:
 
 
 def substitute(text: str, values: dict[str, str]) -> str:
-    """Replace only the two placeholders: other braces (JSON, filter syntax) stay as they are."""
-    return text.replace(WATERMARK, values[WATERMARK]).replace(ID, values[ID])
+    """Replace only the placeholders: other braces (JSON, filter syntax) stay as they are."""
+    text = text.replace(WATERMARK, values[WATERMARK]).replace(ID, values[ID])
+    return text.replace(UNTIL, values[UNTIL]) if UNTIL in values else text
 
 
 def render(node: Any, values: dict[str, str] | None) -> Any:
@@ -88,8 +99,9 @@ def render(node: Any, values: dict[str, str] | None) -> Any:
         return [render(v, values) for v in node]
     if not isinstance(node, str) or values is None:
         return node
-    if node == WATERMARK and values[WATERMARK].isdigit():
-        return int(values[WATERMARK])
+    for name in (WATERMARK, UNTIL):
+        if node == name and values.get(name, "").isdigit():
+            return int(values[name])
     return substitute(node, values)
 
 

@@ -34,7 +34,7 @@ return wait
 
 
 class RateLimiter(Protocol):
-    def acquire(self) -> float: ...
+    def acquire(self, sleep: Callable[[float], None] | None = None) -> float: ...
 
 
 class RedisRateLimiter:
@@ -54,7 +54,8 @@ class RedisRateLimiter:
         self.tolerance_us = (burst - 1) * self.interval_us
         self._sleep = sleep
 
-    def acquire(self) -> float:
+    def acquire(self, sleep: Callable[[float], None] | None = None) -> float:
+        """``sleep``: how to wait for the slot (a fetch passes its lease heartbeat)."""
         try:
             if self._script is None:
                 self._script = self._client().register_script(_RESERVE)
@@ -63,7 +64,7 @@ class RedisRateLimiter:
             raise TransientError(f"rate limiter unavailable: {type(exc).__name__}") from None
         wait = wait_us / 1_000_000
         if wait > 0:
-            self._sleep(wait)
+            (sleep or self._sleep)(wait)
         return wait
 
 

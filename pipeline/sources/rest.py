@@ -8,6 +8,7 @@ page says whether the watermark may move after it (``checkpoint``, ``trusted``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from pipeline.sources.limits import (
 from pipeline.sources.paginators import Reply, dig, make_paginator
 from pipeline.sources.placement import ID, Request, build_request
 from pipeline.sources.ratelimit import RateLimiter
+from pipeline.sources.retrying import RunBounds, with_retries
 from pipeline.timefmt import parse_time
 
 
@@ -61,6 +63,7 @@ class Page:
     checkpoint: bool = True  # every record up to the last one here has been read
     trusted: bool = True  # nothing suggests the pass skipped a record (so far)
     last: bool = True  # the pass ends with this page
+    resume: dict[str, Any] | None = None  # where a later run can take the pass up again
 
 
 class RestSource:
@@ -91,23 +94,54 @@ class RestSource:
         """Whether the listing comes sorted by updated (keyset paging always asks for that)."""
         return self.config.ordered or self.config.pagination.type == "keyset"
 
-    def pages(self, since: datetime | None) -> Iterator[Page]:
-        """Each page's records, in the order the source returned them."""
+    def pages(
+        self,
+        since: datetime | None,
+        run: RunBounds | None = None,
+        resume: dict[str, Any] | None = None,
+    ) -> Iterator[Page]:
+        """Each page's records, in the order the source returned them, up to ``run.until``.
+
+        On an ordered listing the pass stops at the first record updated after ``until`` (the
+        run's start instant): what changed since is the next run's, so a source that changes
+        faster than we read cannot keep one run going.
+        """
+        run = run or RunBounds()
         paginator = make_paginator(self.config, since)
+        if resume is not None:
+            paginator.resume(resume)
         while not paginator.done:
             next_url = paginator.next_url()
             if next_url:
                 check_followable(next_url, self.allowed, what=f"source {self.name}")
-            request = build_request(self.config, paginator.bound(), paginator.params(), next_url)
-            body, headers, url = self._send(request)
+            request = build_request(
+                self.config, paginator.bound(), paginator.params(), next_url, until=run.until
+            )
+            send = functools.partial(self._send, request, run)
+            body, headers, url = with_retries(send, run)
             items = self._items(body.data)
             page, keys = self._page(items)
             paginator.advance(Reply(body.data, headers, items, keys, url, body.digest))
             page.checkpoint, page.trusted = paginator.checkpoint, paginator.trusted
-            page.last = paginator.done
+            page.last = paginator.done or self._cut_at(page, run.until)
+            page.resume = None if page.last else paginator.resume_state()
             yield page
+            if page.last:
+                return
 
-    def deletion_pages(self, since: datetime | None) -> Iterator[Page]:
+    def _cut_at(self, page: Page, until: datetime | None) -> bool:
+        """Drop the records updated after ``until`` from an ordered page; whether any were."""
+        if until is None or not self.ordered:
+            return False
+        for index, record in enumerate(page.records):
+            if record.updated > until:
+                page.records = page.records[:index]
+                return True
+        return False
+
+    def deletion_pages(
+        self, since: datetime | None, run: RunBounds | None = None
+    ) -> Iterator[Page]:
         """The tombstone listing (``deletes.endpoint``) since the same bound; none without one."""
         deletes = self.config.deletes
         if deletes is None or deletes.endpoint is None:
@@ -119,7 +153,7 @@ class RestSource:
             session=self.session,
             tombstones=True,
         )
-        return tombstones.pages(since)
+        return tombstones.pages(since, run)
 
     def _items(self, body: Any) -> list[Any]:
         items = dig(body, self.config.records)
@@ -214,11 +248,11 @@ class RestSource:
         value = dig(item, deletes.field)
         return bool(value) if deletes.values is None else value in deletes.values
 
-    def _send(self, request: Request) -> tuple[Body, Any, str]:
+    def _send(self, request: Request, run: RunBounds) -> tuple[Body, Any, str]:
         """One request; the body read streamed within ``limits`` (``pipeline.sources.limits``)."""
         what = f"source {self.name}"
         if self.limiter is not None:
-            self.limiter.acquire()
+            self.limiter.acquire(run.wait)
         try:
             response = self.session.request(
                 request.method,

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from models import deadletters
 from models.db import session_scope
-from models.schema import RecordStatus, StagedRecord
+from models.schema import LatestRecord, RecordStatus, StagedRecord
 from pipeline.delta import SourceRecord
 from pipeline.timefmt import utcnow
 
@@ -42,7 +42,12 @@ def stage(
     force: bool = False,
 ) -> list[int]:
     """Insert each record unless its latest staged row is the same (or ``force``: a full
-    refresh stages every record again); the new row ids, to publish."""
+    refresh stages every record again); the new row ids, to publish.
+
+    A few statements per page, whatever its size and the records' history: one read of
+    ``ihub_latest`` (one row per record), one multi-row insert, one multi-row upsert of
+    ``ihub_latest``.
+    """
     page = {r.id: r for r in records}  # a repeated id in one page: the last one is current
     latest = {} if force else _latest_staged(session, integration, list(page))
     due, now = utcnow() + timedelta(seconds=due_in), utcnow()
@@ -67,27 +72,44 @@ def stage(
                 "created_at": now,
             }
         )
-    staged: list[int] = []
-    for start in range(0, len(rows), CHUNK):
-        statement = (
-            insert(StagedRecord).values(rows[start : start + CHUNK]).returning(StagedRecord.id)
-        )
-        staged.extend(session.scalars(statement))
-    return sorted(staged)
+    if not rows:
+        return []
+    # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs
+    # ("insertmanyvalues") from one cached statement, ids in the order of ``rows``
+    statement = insert(StagedRecord).returning(StagedRecord.id, sort_by_parameter_order=True)
+    ids = list(session.scalars(statement, rows))
+    _remember_latest(session, rows, ids)
+    return sorted(ids)
+
+
+def _remember_latest(session: Session, rows: list[dict[str, Any]], ids: list[int]) -> None:
+    values = [
+        {
+            "integration": row["integration"],
+            "record_id": row["record_id"],
+            "version": row["version"],
+            "digest": row["digest"],
+            "row_id": row_id,
+        }
+        for row, row_id in zip(rows, ids, strict=True)
+    ]
+    upsert = dialect_insert(session, LatestRecord)
+    statement = upsert.on_conflict_do_update(
+        index_elements=["integration", "record_id"],
+        set_={k: upsert.excluded[k] for k in ("version", "digest", "row_id")},
+    )
+    session.execute(statement, values)
 
 
 def _latest_staged(
     session: Session, integration: str, record_ids: list[str]
 ) -> dict[str, tuple[str, str]]:
+    """The latest staged (version, digest) of each of ``record_ids``: one row per record."""
     latest: dict[str, tuple[str, str]] = {}
     for start in range(0, len(record_ids), CHUNK):
-        query = (
-            select(StagedRecord.record_id, StagedRecord.version, StagedRecord.digest)
-            .where(
-                StagedRecord.integration == integration,
-                StagedRecord.record_id.in_(record_ids[start : start + CHUNK]),
-            )
-            .order_by(StagedRecord.id)
+        query = select(LatestRecord.record_id, LatestRecord.version, LatestRecord.digest).where(
+            LatestRecord.integration == integration,
+            LatestRecord.record_id.in_(record_ids[start : start + CHUNK]),
         )
         for record_id, version, digest in session.execute(query):
             latest[record_id] = (version, digest)
@@ -160,47 +182,67 @@ def claim(
     looping (PITFALLS 5); our own retry after a database outage is not.
     """
     with session_scope(database_url) as session:
-        row = session.scalars(
-            select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
-        ).first()
-        if row is None or row.status not in OPEN:
+        return claim_in(session, row_id, deadline=deadline, token=token, redelivered=redelivered)
+
+
+def claim_in(
+    session: Session,
+    row_id: int,
+    *,
+    deadline: float,
+    token: str | None = None,
+    redelivered: bool = True,
+) -> Claim | None:
+    """``claim`` inside the caller's transaction (which may go on to write and finish the row)."""
+    row = session.scalars(
+        select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
+    ).first()
+    if row is None or row.status not in OPEN:
+        return None
+    now = utcnow()
+    if row.status == S.PROCESSING:
+        started = row.started_at or now
+        lease_runs = started + timedelta(seconds=deadline) > now
+        same_holder = None in (token, row.claim_token) or row.claim_token == token
+        if lease_runs and not same_holder:
             return None
-        now = utcnow()
-        if row.status == S.PROCESSING:
-            started = row.started_at or now
-            lease_runs = started + timedelta(seconds=deadline) > now
-            same_holder = None in (token, row.claim_token) or row.claim_token == token
-            if lease_runs and not same_holder:
-                return None
-            if redelivered or not lease_runs:
-                row.deliveries += 1
-        row.status, row.attempts, row.claim_token = S.PROCESSING, row.attempts + 1, token
-        row.started_at, row.due_at = now, now + timedelta(seconds=deadline)
-        return Claim(
-            row.id,
-            row.integration,
-            row.record_id,
-            row.version,
-            json.loads(row.payload),
-            row.attempts,
-            row.deliveries,
-        )
+        if redelivered or not lease_runs:
+            row.deliveries += 1
+    row.status, row.attempts, row.claim_token = S.PROCESSING, row.attempts + 1, token
+    row.started_at, row.due_at = now, now + timedelta(seconds=deadline)
+    session.flush()
+    return Claim(
+        row.id,
+        row.integration,
+        row.record_id,
+        row.version,
+        json.loads(row.payload),
+        row.attempts,
+        row.deliveries,
+    )
 
 
 def mark_done(database_url: str, row_id: int, duration_ms: float) -> None:
     with session_scope(database_url) as session:
-        session.execute(
-            update(StagedRecord)
-            .where(StagedRecord.id == row_id, StagedRecord.status.in_(OPEN))
-            .values(
-                status=S.DONE,
-                finished_at=utcnow(),
-                duration_ms=duration_ms,
-                due_at=None,
-                last_error=None,
-                error_class=None,
-            )
+        mark_done_in(session, row_id, duration_ms)
+
+
+def mark_done_in(session: Session, row_id: int, duration_ms: float) -> bool:
+    """``mark_done`` inside the caller's transaction; False when the row was not open."""
+    result = session.execute(
+        update(StagedRecord)
+        .where(StagedRecord.id == row_id, StagedRecord.status.in_(OPEN))
+        .values(
+            status=S.DONE,
+            finished_at=utcnow(),
+            duration_ms=duration_ms,
+            due_at=None,
+            last_error=None,
+            error_class=None,
         )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)
 
 
 def mark_retrying(database_url: str, row_id: int, error: BaseException, due_at: datetime) -> bool:

@@ -91,6 +91,19 @@ class StagedRecord(Base):
     claim_token: Mapped[str | None] = mapped_column(String(64))
 
 
+class LatestRecord(Base):
+    """What dedupe needs, one row per record (not per version): the latest staged version and
+    digest, so staging a page reads one row per record however long its history, and pruning
+    finished rows of ``ihub_records`` forgets nothing a fetch needs."""
+
+    __tablename__ = "ihub_latest"
+    integration: Mapped[str] = mapped_column(String(64), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(32))
+    row_id: Mapped[int] = mapped_column(RowId)
+
+
 class DeadReason(enum.StrEnum):
     """Why a record died, in the words a redrive policy selects by."""
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 
+from sqlalchemy import Connection
+
 from models import deadletters, integrations, leases, queue, runs
 from models.db import session_scope
 from models.schema import FetchRun, IntegrationStatus
@@ -205,13 +207,11 @@ def process_record(
     """
     url = hub.database_url
     delivery = delivery or Delivery(worker=worker)
-    claim = queue.claim(
-        url,
-        row_id,
-        deadline=hub.settings.process_time_limit + 30,
-        token=delivery.token,
-        redelivered=delivery.redelivered,
-    )
+    deadline = hub.settings.process_time_limit + 30
+    finished = _claim_and_write(hub, row_id, delivery, deadline)
+    if isinstance(finished, Outcome):
+        return finished
+    claim, failure = finished
     if claim is None:
         return Outcome("skipped")
     if claim.crash_redeliveries > MAX_CRASH_REDELIVERIES:
@@ -227,6 +227,8 @@ def process_record(
         return Outcome("paused")
     started = time.perf_counter()
     try:
+        if failure is not None:
+            raise failure
         _write(hub, claim)
     except ReauthRequired as exc:
         # The target refused our credential: the record waits, its retry budget untouched.
@@ -247,7 +249,60 @@ def process_record(
     return Outcome("done")
 
 
-def _write(hub: Hub, claim: queue.Claim) -> None:
+def _claim_and_write(
+    hub: Hub, row_id: int, delivery: Delivery, deadline: float
+) -> Outcome | tuple[queue.Claim | None, Exception | None]:
+    """Claim the row; when its sink is a table of this Postgres database, write it and mark it
+    done in the same transaction, so the common case costs one commit.
+
+    Otherwise the claim alone commits, and the caller goes on: (claim, None). A write that
+    fails rolls the whole transaction back; the row is then claimed again on its own, so the
+    caller records the outcome (retry or dead letter, with its reason) exactly as after a
+    separate claim: (claim, the write's error).
+    """
+    try:
+        with session_scope(hub.database_url) as session:
+            claim = queue.claim_in(
+                session,
+                row_id,
+                deadline=deadline,
+                token=delivery.token,
+                redelivered=delivery.redelivered,
+            )
+            if claim is None:
+                return Outcome("skipped")
+            if not _writes_in_transaction(hub, claim):
+                return claim, None
+            started = time.perf_counter()
+            _write(hub, claim, connection=session.connection())
+            queue.mark_done_in(session, row_id, (time.perf_counter() - started) * 1000)
+            return Outcome("done")
+    except Exception as exc:
+        if is_database_outage(exc):
+            raise
+        failure = exc
+    claim = queue.claim(
+        hub.database_url,
+        row_id,
+        deadline=deadline,
+        token=delivery.token,
+        redelivered=delivery.redelivered,
+    )
+    return claim, failure
+
+
+def _writes_in_transaction(hub: Hub, claim: queue.Claim) -> bool:
+    """Postgres only: SQLite's single writer would wait on itself when the sink creates its
+    table from a second connection. Not for a record to bury or an integration paused."""
+    return (
+        hub.database_url.startswith("postgresql")
+        and hub.sink_shares_database(claim.integration)
+        and claim.crash_redeliveries <= MAX_CRASH_REDELIVERIES
+        and not hub.paused(claim.integration)
+    )
+
+
+def _write(hub: Hub, claim: queue.Claim, connection: Connection | None = None) -> None:
     """Transform the staged record and upsert it, or apply the deletion it stands for."""
     integration = hub.integration(claim.integration)
     sink = hub.sink(claim.integration)
@@ -256,11 +311,11 @@ def _write(hub: Hub, claim: queue.Claim) -> None:
     if is_deletion(claim.payload):
         if not isinstance(sink, SqlSink):
             raise PermanentError(f"sink of {claim.integration}: deletions need a SQL sink")
-        sink.delete(claim.record_id, version, action=action or "mark")
+        sink.delete(claim.record_id, version, action=action or "mark", connection=connection)
         return
     record = transform.apply(integration, claim.record_id, claim.payload)
-    if isinstance(sink, SqlSink) and action:
-        sink.upsert(record, version, deletes=action)
+    if isinstance(sink, SqlSink):
+        sink.upsert(record, version, deletes=action, connection=connection)
     else:
         sink.upsert(record, version)
 

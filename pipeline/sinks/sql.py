@@ -23,6 +23,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Engine,
     Float,
     MetaData,
@@ -56,8 +57,18 @@ class SqlSink:
     def engine(self) -> Engine:
         return get_engine(self.database_url)
 
-    def upsert(self, record: dict[str, Any], version: str, *, deletes: str | None = None) -> bool:
+    def upsert(
+        self,
+        record: dict[str, Any],
+        version: str,
+        *,
+        deletes: str | None = None,
+        connection: Connection | None = None,
+    ) -> bool:
         """Write ``record`` unless a same or newer version is there; True when a row changed.
+
+        ``connection``: write inside the caller's transaction (the queue's, when the sink is the
+        system-of-record database: claim, write and done commit together); else its own.
 
         ``deletes`` is the integration's deletion action: with ``mark`` the row is marked live
         (``_ihub_deleted`` false, which revives a row deleted before); with ``delete`` a
@@ -74,20 +85,28 @@ class SqlSink:
             if deletes == "delete":
                 self._ensure_tombstones()
             table = self._ensure(row)
-            with self.engine.begin() as connection:
-                if deletes == "delete" and self._buried(connection, row[self.key], version):
+            with self._begin(connection) as conn:
+                if deletes == "delete" and self._buried(conn, row[self.key], version):
                     return False
-                result = connection.execute(self._statement(table, row))
+                result = conn.execute(self._statement(table, row))
                 return bool(result.rowcount)
 
-    def delete(self, key: str, version: str, *, action: str = "mark") -> bool:
+    def delete(
+        self,
+        key: str,
+        version: str,
+        *,
+        action: str = "mark",
+        connection: Connection | None = None,
+    ) -> bool:
         """Apply a deletion of ``version``: mark the row (``_ihub_deleted`` true, the other
         columns kept) or delete it, in either case only over an older version."""
         if action == "mark":
-            return self.upsert({self.key: key, DELETED_COLUMN: True}, version)
+            marked = {self.key: key, DELETED_COLUMN: True}
+            return self.upsert(marked, version, connection=connection)
         with self._errors():
             tombstones = self._ensure_tombstones()
-            with self.engine.begin() as connection:
+            with self._begin(connection) as connection:
                 self._lock_key(connection, key)
                 values = {"tbl": self.table_name, "key": key, "version": version}
                 insert = self._dialect().insert(tombstones).values(values)
@@ -108,6 +127,12 @@ class SqlSink:
                     {"key": key, "version": version},
                 )
                 return bool(result.rowcount)
+
+    def _begin(self, connection: Connection | None) -> Any:
+        """The caller's connection (its transaction), or a transaction of our own."""
+        if connection is not None:
+            return contextlib.nullcontext(connection)
+        return self.engine.begin()
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:

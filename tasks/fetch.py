@@ -11,7 +11,7 @@ from pipeline.errors import TransientError
 from pipeline.retry import backoff_seconds
 from pipeline.settings import Settings
 from tasks.context import hub
-from tasks.records import publish_records
+from tasks.records import publisher
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -30,7 +30,7 @@ def register(app: Celery, settings: Settings) -> None:
             result = sync.fetch_delta(
                 engine,
                 integration,
-                lambda ids: publish_records(app, ids),
+                publisher(app, engine, integration),
                 owner=self.request.id or "fetch",
             )
         except TransientError as exc:

@@ -180,7 +180,7 @@ def run_sync(
     from pipeline import sync as engine
     from pipeline.hub import Hub
     from tasks.app import get_app
-    from tasks.records import publish_records
+    from tasks.records import publisher
 
     try:
         hub = Hub.from_env()
@@ -191,7 +191,7 @@ def run_sync(
     result = engine.fetch_delta(
         hub,
         name,
-        lambda ids: publish_records(app, ids),
+        publisher(app, hub, name),
         owner="cli-refresh" if full_refresh else "cli",
         full_refresh=full_refresh,
     )

@@ -91,6 +91,38 @@ class SqlSink:
                 result = conn.execute(self._statement(table, row))
                 return bool(result.rowcount)
 
+    def upsert_many(
+        self, records: list[tuple[dict[str, Any], str]], *, connection: Connection
+    ) -> int:
+        """Write many (record, version) pairs with multi-row upserts, version-guarded each.
+
+        Within the list only the newest version of each key is written (an older one would be
+        refused by the guard anyway; Postgres refuses one statement touching a row twice).
+        Records with the same fields share one statement. Any error fails them all: the
+        caller splits the chunk to find the record at fault.
+        """
+        newest: dict[str, dict[str, Any]] = {}
+        for record, version in records:
+            if self.key not in record:
+                raise PermanentError(
+                    f"sink {self.table_name}: record has no key field {self.key!r}"
+                )
+            row = {_column(k): _value(v) for k, v in record.items()}
+            row[self.key], row[VERSION_COLUMN] = str(record[self.key]), version
+            kept = newest.get(row[self.key])
+            if kept is None or kept[VERSION_COLUMN] < version:
+                newest[row[self.key]] = row
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in newest.values():
+            groups.setdefault(tuple(row), []).append(row)
+        changed = 0
+        with self._errors():
+            table = self._ensure(_union(groups))
+            for rows in groups.values():
+                result = connection.execute(self._statement_for(table, rows[0]), rows)
+                changed += max(result.rowcount, 0)
+        return changed
+
     def delete(
         self,
         key: str,
@@ -183,7 +215,11 @@ class SqlSink:
         return found is not None and found >= version
 
     def _statement(self, table: Table, row: dict[str, Any]) -> Any:
-        insert = self._dialect().insert(table).values(row)
+        return self._statement_for(table, row).values(row)
+
+    def _statement_for(self, table: Table, row: dict[str, Any]) -> Any:
+        """The version-guarded upsert of rows with ``row``'s columns (values bound later)."""
+        insert = self._dialect().insert(table)
         changes = {name: insert.excluded[name] for name in row if name != self.key}
         changes[SYNCED_COLUMN] = text("CURRENT_TIMESTAMP")
         return insert.on_conflict_do_update(
@@ -230,6 +266,17 @@ class SqlSink:
             return int(
                 connection.execute(text(f'SELECT COUNT(*) FROM "{self.table_name}"')).scalar_one()
             )
+
+
+def _union(groups: dict[tuple[str, ...], list[dict[str, Any]]]) -> dict[str, Any]:
+    """One sample value per column over every row (a non-null one where any), to type columns."""
+    sample: dict[str, Any] = {}
+    for rows in groups.values():
+        for row in rows:
+            for name, value in row.items():
+                if sample.get(name) is None:
+                    sample[name] = value
+    return sample
 
 
 def _column(name: str) -> str:

@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models import deadletters
+from models import deadletters, rollups
 from models.db import session_scope
 from models.schema import LatestRecord, RecordStatus, StagedRecord
 from pipeline.delta import SourceRecord
@@ -228,26 +228,32 @@ def mark_done(database_url: str, row_id: int, duration_ms: float) -> None:
 
 
 def mark_done_in(session: Session, row_id: int, duration_ms: float) -> bool:
-    """``mark_done`` inside the caller's transaction; False when the row was not open."""
-    result = session.execute(
+    """``mark_done`` inside the caller's transaction, counted in the minute's rollup; False
+    when the row was not open."""
+    now = utcnow()
+    integration = session.scalar(
         update(StagedRecord)
         .where(StagedRecord.id == row_id, StagedRecord.status.in_(OPEN))
         .values(
             status=S.DONE,
-            finished_at=utcnow(),
+            finished_at=now,
             duration_ms=duration_ms,
             due_at=None,
             last_error=None,
             error_class=None,
         )
+        .returning(StagedRecord.integration)
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)
+    if integration is None:
+        return False
+    rollups.add(session, integration, done=1, durations_ms=[duration_ms], at=now)
+    return True
 
 
 def mark_retrying(database_url: str, row_id: int, error: BaseException, due_at: datetime) -> bool:
     with session_scope(database_url) as session:
-        result = session.execute(
+        integration = session.scalar(
             update(StagedRecord)
             .where(StagedRecord.id == row_id, StagedRecord.status == S.PROCESSING)
             .values(
@@ -256,8 +262,13 @@ def mark_retrying(database_url: str, row_id: int, error: BaseException, due_at: 
                 last_error=str(error)[:2000],
                 error_class=type(error).__name__,
             )
+            .returning(StagedRecord.integration)
+            .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        if integration is None:
+            return False
+        rollups.add(session, integration, retries=1)
+        return True
 
 
 def mark_dead(

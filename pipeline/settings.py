@@ -5,6 +5,7 @@ IHUB_DATABASE_URL    system of record (default sqlite:///$IHUB_HOME/ihub.db)
 IHUB_BROKER_URL      Celery broker (default: the embedded redis-server under $IHUB_HOME)
 IHUB_CONFIG          integration definitions (default ./integrations.yaml)
 IHUB_SECRET_KEY      encrypts tokens at rest; required unless IHUB_DEMO=1
+IHUB_RETENTION_DAYS  done records older than this are pruned (default 7; dead ones are kept)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Settings:
     reconcile_after: float
     process_time_limit: float
     fetch_time_limit: float
+    retention_days: float = 7.0
 
     @property
     def embedded_broker(self) -> bool:
@@ -45,6 +47,7 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         reconcile_after=_number(env, "IHUB_RECONCILE_AFTER", 300.0),
         process_time_limit=_number(env, "IHUB_PROCESS_TIME_LIMIT", 300.0),
         fetch_time_limit=_number(env, "IHUB_FETCH_TIME_LIMIT", 1800.0),
+        retention_days=_number(env, "IHUB_RETENTION_DAYS", 7.0),
     )
 
 

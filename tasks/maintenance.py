@@ -1,13 +1,16 @@
 """reconcile: republish what the broker lost (the database remembers every open row) after
-writing the dead letters spooled during a database outage; redrive: a dead-letter policy."""
+writing the dead letters spooled during a database outage, and prune done rows past the
+retention (IHUB_RETENTION_DAYS); redrive: a dead-letter policy."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 
 from celeryconfig import PROCESS_QUEUE
+from models import retention
 from pipeline import sync
 from pipeline.settings import Settings
 from tasks.broker import redis_client
@@ -34,7 +37,10 @@ def register(app: Celery, settings: Settings) -> None:
     )
     def reconcile() -> int:
         spool = dead_letter_spool(app, settings)
-        return sync.reconcile(hub(), publish, spool, queue_depth=process_queue_depth(app))
+        found = sync.reconcile(hub(), publish, spool, queue_depth=process_queue_depth(app))
+        # retention rides on the reconciler's minute: a bounded batch of old done rows
+        retention.prune(settings.database_url, older_than=timedelta(days=settings.retention_days))
+        return found
 
     @app.task(
         name="ihub.redrive",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -98,7 +98,9 @@ def _remember_latest(session: Session, rows: list[dict[str, Any]], ids: list[int
         index_elements=["integration", "record_id"],
         set_={k: upsert.excluded[k] for k in ("version", "digest", "row_id")},
     )
-    session.execute(statement, values)
+    # RETURNING makes SQLAlchemy batch the rows into multi-row statements ("insertmanyvalues");
+    # without it psycopg2's executemany sends one statement per row (measured: 80 % of a page)
+    session.execute(statement.returning(LatestRecord.row_id), values).all()
 
 
 def _latest_staged(
@@ -185,6 +187,32 @@ def claim(
         return claim_in(session, row_id, deadline=deadline, token=token, redelivered=redelivered)
 
 
+_CLAIM_WAITING = (
+    update(StagedRecord)
+    .where(
+        StagedRecord.id == bindparam("row_id"),
+        StagedRecord.status.in_((S.PENDING, S.RETRYING)),
+    )
+    .values(
+        status=S.PROCESSING,
+        attempts=StagedRecord.attempts + 1,
+        claim_token=bindparam("token"),
+        started_at=bindparam("now"),
+        due_at=bindparam("due"),
+    )
+    .returning(
+        StagedRecord.id,
+        StagedRecord.integration,
+        StagedRecord.record_id,
+        StagedRecord.version,
+        StagedRecord.payload,
+        StagedRecord.attempts,
+        StagedRecord.deliveries,
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
 def claim_in(
     session: Session,
     row_id: int,
@@ -193,7 +221,25 @@ def claim_in(
     token: str | None = None,
     redelivered: bool = True,
 ) -> Claim | None:
-    """``claim`` inside the caller's transaction (which may go on to write and finish the row)."""
+    """``claim`` inside the caller's transaction (which may go on to write and finish the row).
+
+    The common case, a row that waits (pending or retrying), is one UPDATE ... RETURNING;
+    a row held or finished takes the locking read below, which judges the lease."""
+    now = utcnow()
+    waiting = session.execute(
+        _CLAIM_WAITING,
+        {"row_id": row_id, "token": token, "now": now, "due": now + timedelta(seconds=deadline)},
+    ).first()
+    if waiting is not None:
+        return Claim(
+            waiting.id,
+            waiting.integration,
+            waiting.record_id,
+            waiting.version,
+            json.loads(waiting.payload),
+            waiting.attempts,
+            waiting.deliveries,
+        )
     row = session.scalars(
         select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
     ).first()

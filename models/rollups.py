@@ -9,6 +9,7 @@ once (the migration, and tests that seed rows by hand).
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -62,17 +63,20 @@ def add(
 
 
 def _upsert(session: Session | Connection, rows: list[dict[str, Any]]) -> None:
-    name = (
-        session.dialect.name if isinstance(session, Connection) else session.get_bind().dialect.name
-    )
-    dialect = postgresql if name == "postgresql" else sqlite
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    session.execute(_statement(bind.dialect.name), rows)
+
+
+@functools.cache
+def _statement(dialect_name: str) -> Any:
+    """Built once per dialect: one upsert per outcome is on every record's path."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
     insert = dialect.insert(Rollup)
     table = Rollup.__table__.c
-    statement = insert.on_conflict_do_update(
+    return insert.on_conflict_do_update(
         index_elements=["integration", "minute", "shard"],
         set_={name: table[name] + insert.excluded[name] for name in COUNTERS},
     )
-    session.execute(statement, rows)
 
 
 # --- reading -----------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class SqlSink:
         self._table: Table | None = None
         self._tombstones: Table | None = None
         self._lock = threading.Lock()
+        self._statements: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     @property
     def engine(self) -> Engine:
@@ -88,7 +89,7 @@ class SqlSink:
             with self._begin(connection) as conn:
                 if deletes == "delete" and self._buried(conn, row[self.key], version):
                     return False
-                result = conn.execute(self._statement(table, row))
+                result = conn.execute(self._statement_for(table, row), row)
                 return bool(result.rowcount)
 
     def upsert_many(
@@ -214,11 +215,16 @@ class SqlSink:
         ).scalar()
         return found is not None and found >= version
 
-    def _statement(self, table: Table, row: dict[str, Any]) -> Any:
-        return self._statement_for(table, row).values(row)
-
     def _statement_for(self, table: Table, row: dict[str, Any]) -> Any:
-        """The version-guarded upsert of rows with ``row``'s columns (values bound later)."""
+        """The version-guarded upsert of rows with ``row``'s columns (values bound later),
+        built once per table and set of columns."""
+        key = (id(table), tuple(row))
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = self._build_statement(table, row)
+        return statement
+
+    def _build_statement(self, table: Table, row: dict[str, Any]) -> Any:
         insert = self._dialect().insert(table)
         changes = {name: insert.excluded[name] for name in row if name != self.key}
         changes[SYNCED_COLUMN] = text("CURRENT_TIMESTAMP")

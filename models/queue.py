@@ -76,7 +76,10 @@ def stage(
         return []
     # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs
     # ("insertmanyvalues") from one cached statement, ids in the order of ``rows``
-    statement = insert(StagedRecord).returning(StagedRecord.id, sort_by_parameter_order=True)
+    # Core, not the ORM's bulk path: the ORM collects every row's attributes in Python first
+    # (measured: a third of a page's staging time)
+    table = StagedRecord.__table__
+    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
     ids = list(session.scalars(statement, rows))
     _remember_latest(session, rows, ids)
     return sorted(ids)
@@ -93,14 +96,14 @@ def _remember_latest(session: Session, rows: list[dict[str, Any]], ids: list[int
         }
         for row, row_id in zip(rows, ids, strict=True)
     ]
-    upsert = dialect_insert(session, LatestRecord)
+    upsert = dialect_insert(session, LatestRecord.__table__)
     statement = upsert.on_conflict_do_update(
         index_elements=["integration", "record_id"],
         set_={k: upsert.excluded[k] for k in ("version", "digest", "row_id")},
     )
     # RETURNING makes SQLAlchemy batch the rows into multi-row statements ("insertmanyvalues");
     # without it psycopg2's executemany sends one statement per row (measured: 80 % of a page)
-    session.execute(statement.returning(LatestRecord.row_id), values).all()
+    session.execute(statement.returning(upsert.table.c.row_id), values).all()
 
 
 def _latest_staged(

@@ -6,119 +6,24 @@ finished record backwards: ``done`` is final, ``dead`` leaves only by an explici
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models import deadletters, rollups
 from models.db import session_scope
-from models.schema import LatestRecord, RecordStatus, StagedRecord
-from pipeline.delta import SourceRecord
+from models.schema import RecordStatus, StagedRecord
+from models.staging import dialect_insert as dialect_insert  # re-exported: its home was here
+from models.staging import stage as stage  # re-exported: callers stage through the queue
 from pipeline.timefmt import utcnow
 
 S = RecordStatus
 OPEN = (S.PENDING, S.PROCESSING, S.RETRYING)
 CHUNK = 1000
-
-
-def dialect_insert(session: Session, table: Any) -> Any:
-    name = session.get_bind().dialect.name
-    return (postgresql if name == "postgresql" else sqlite).insert(table)
-
-
-def stage(
-    session: Session,
-    integration: str,
-    run_id: int | None,
-    records: list[SourceRecord],
-    *,
-    due_in: float,
-    force: bool = False,
-) -> list[int]:
-    """Insert each record unless its latest staged row is the same (or ``force``: a full
-    refresh stages every record again); the new row ids, to publish.
-
-    A few statements per page, whatever its size and the records' history: one read of
-    ``ihub_latest`` (one row per record), one multi-row insert, one multi-row upsert of
-    ``ihub_latest``.
-    """
-    page = {r.id: r for r in records}  # a repeated id in one page: the last one is current
-    latest = {} if force else _latest_staged(session, integration, list(page))
-    due, now = utcnow() + timedelta(seconds=due_in), utcnow()
-    rows = []
-    for record in page.values():
-        payload = json.dumps(record.payload, sort_keys=True, default=str)
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
-        if latest.get(record.id) == (record.version, digest):
-            continue
-        rows.append(
-            {
-                "integration": integration,
-                "record_id": record.id,
-                "version": record.version,
-                "digest": digest,
-                "payload": payload,
-                "status": S.PENDING,
-                "attempts": 0,
-                "deliveries": 0,
-                "fetch_run_id": run_id,
-                "due_at": due,
-                "created_at": now,
-            }
-        )
-    if not rows:
-        return []
-    # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs
-    # ("insertmanyvalues") from one cached statement, ids in the order of ``rows``
-    # Core, not the ORM's bulk path: the ORM collects every row's attributes in Python first
-    # (measured: a third of a page's staging time)
-    table = StagedRecord.__table__
-    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    ids = list(session.scalars(statement, rows))
-    _remember_latest(session, rows, ids)
-    return sorted(ids)
-
-
-def _remember_latest(session: Session, rows: list[dict[str, Any]], ids: list[int]) -> None:
-    values = [
-        {
-            "integration": row["integration"],
-            "record_id": row["record_id"],
-            "version": row["version"],
-            "digest": row["digest"],
-            "row_id": row_id,
-        }
-        for row, row_id in zip(rows, ids, strict=True)
-    ]
-    upsert = dialect_insert(session, LatestRecord.__table__)
-    statement = upsert.on_conflict_do_update(
-        index_elements=["integration", "record_id"],
-        set_={k: upsert.excluded[k] for k in ("version", "digest", "row_id")},
-    )
-    # RETURNING makes SQLAlchemy batch the rows into multi-row statements ("insertmanyvalues");
-    # without it psycopg2's executemany sends one statement per row (measured: 80 % of a page)
-    session.execute(statement.returning(upsert.table.c.row_id), values).all()
-
-
-def _latest_staged(
-    session: Session, integration: str, record_ids: list[str]
-) -> dict[str, tuple[str, str]]:
-    """The latest staged (version, digest) of each of ``record_ids``: one row per record."""
-    latest: dict[str, tuple[str, str]] = {}
-    for start in range(0, len(record_ids), CHUNK):
-        query = select(LatestRecord.record_id, LatestRecord.version, LatestRecord.digest).where(
-            LatestRecord.integration == integration,
-            LatestRecord.record_id.in_(record_ids[start : start + CHUNK]),
-        )
-        for record_id, version, digest in session.execute(query):
-            latest[record_id] = (version, digest)
-    return latest
 
 
 def sink_version(version: str, row_id: int) -> str:

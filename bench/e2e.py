@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import dlt_merge, execute_values_upsert, noop_ceiling
-from parts import REPO, BenchError, Deadline, Workers, rss_mb, say
+from parts import REPO, BenchError, Deadline, Workers, figures, rss_mb, say, summary
 
 from models.db import normalize_url
 
@@ -305,68 +305,6 @@ class Bench:
         upsert = execute_values_upsert(self.db_url, records, self.deadline)
         dlt = dlt_merge(self.source, self.db_url, self.source_token()) if a.dlt else None
         return figures(n, ceiling, loads, upsert, dlt, modes[-1])
-
-
-def figures(
-    n: int,
-    ceiling: float,
-    loads: dict[str, dict[str, Any]],
-    upsert: float,
-    dlt: float | None,
-    last: str,
-) -> dict[str, Any]:
-    """The result: the keys bench/README.md documents."""
-
-    def rate(mode: str, key: str = "e2e_s") -> float | None:
-        load = loads.get(mode)
-        return round(n / load["full"][key], 1) if load else None
-
-    per_record, batched = rate("per-record"), rate("batched")
-    tail = loads[last]
-    delta = tail["delta"]["e2e_s"] / tail["full"]["e2e_s"]
-    return {
-        "records": n,
-        "ceiling_per_s": round(ceiling, 1),
-        "per_record_per_s": per_record,
-        "ratio_per_record": round(per_record / ceiling, 3) if per_record else None,
-        "batched_per_s": batched,
-        "batch_upsert_per_s": round(upsert, 1),
-        "ratio_batched": round(batched / upsert, 3) if batched else None,
-        "dlt_per_s": None if dlt is None else round(dlt, 1),
-        "ratio_batched_dlt": round(batched / dlt, 3) if batched and dlt else None,
-        "fetch_per_s": rate(last, "fetch_s"),
-        "fetch_per_record_mode_per_s": rate("per-record", "fetch_s"),
-        "delta_1pct_ratio": round(delta, 4),
-        "worker_rss_start_mb": tail["rss_start"],
-        "worker_rss_end_mb": tail["rss_end"],
-        "delta_mode": last,
-    }
-
-
-def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
-    def cell(value: Any, unit: str = "/s") -> str:
-        return "n/a" if value is None else f"{value:,.0f}{unit}" if unit else f"{value}"
-
-    lines = [
-        "",
-        "== ihub end-to-end benchmark ==",
-        f"records x workers x concurrency   {r['records']} x {args.workers} x "
-        f"{args.concurrency} ({args.pool}), page {args.page_limit}, batch {args.batch_size}",
-        f"(a) no-op Celery ceiling           {cell(r['ceiling_per_s'])}",
-        f"(b) ihub per-record, end to end    {cell(r['per_record_per_s'])}   "
-        f"ratio b/a {cell(r['ratio_per_record'], '')}",
-        f"(c) ihub batched, end to end       {cell(r['batched_per_s'])}",
-        f"(d) psycopg2 execute_values upsert {cell(r['batch_upsert_per_s'])}   "
-        f"ratio c/d {cell(r['ratio_batched'], '')}",
-        f"(e) dlt rest_api merge             {cell(r['dlt_per_s'])}   "
-        f"ratio c/e {cell(r['ratio_batched_dlt'], '')}",
-        f"fetch stage ({r['delta_mode']})         {cell(r['fetch_per_s'])}   "
-        f"(per-record mode: {cell(r['fetch_per_record_mode_per_s'])})",
-        f"1 % delta / full load              {r['delta_1pct_ratio']}",
-        f"worker RSS start -> end            {r['worker_rss_start_mb']} -> "
-        f"{r['worker_rss_end_mb']} MB",
-    ]
-    return "\n".join(lines)
 
 
 def _safe(url: str) -> str:

@@ -122,3 +122,38 @@ def test_dedupe_survives_pruning_and_reads_one_row_per_record(db_url: str, tmp_p
     assert len(stage(db_url, [rec("a", 10, n=10)])) == 1
     with session_scope(db_url) as session:
         assert session.scalar(select(func.count()).select_from(LatestRecord)) == 2
+
+
+def test_migration_derives_latest_and_rollups_from_existing_rows(db_url: str) -> None:
+    """Upgrading a 0002 database with history: ihub_latest holds each record's newest row and
+    the rollups count what the rows say."""
+    from alembic import command
+
+    from models import migrate
+    from models.schema import Rollup
+
+    command.downgrade(migrate.alembic_config(db_url), "0002")  # the fixture migrated to head
+    now = utcnow()
+    with session_scope(db_url) as session:
+        for n, (record_id, status) in enumerate([("a", "done"), ("a", "done"), ("b", "pending")]):
+            session.add(
+                StagedRecord(
+                    integration=NAME,
+                    record_id=record_id,
+                    version=f"v{n}",
+                    digest=f"d{n}",
+                    payload="{}",
+                    status=status,
+                    attempts=2 if status == "done" else 0,
+                    deliveries=0,
+                    finished_at=now if status == "done" else None,
+                    duration_ms=7.0 if status == "done" else None,
+                )
+            )
+    migrate.upgrade(db_url)
+    with session_scope(db_url) as session:
+        latest = {r.record_id: (r.version, r.digest) for r in session.scalars(select(LatestRecord))}
+        assert latest == {"a": ("v1", "d1"), "b": ("v2", "d2")}
+        assert session.scalar(select(func.sum(Rollup.done))) == 2
+        assert session.scalar(select(func.sum(Rollup.retries))) == 2
+        assert session.scalar(select(func.sum(Rollup.le_10))) == 2

@@ -70,6 +70,7 @@ task_routes = {
     "ihub.reconcile": {"queue": FETCH_QUEUE},
     "ihub.redrive": {"queue": FETCH_QUEUE},
     "ihub.process_record": {"queue": PROCESS_QUEUE},
+    "ihub.process_batch": {"queue": PROCESS_QUEUE},
 }
 timezone = "UTC"
 enable_utc = True

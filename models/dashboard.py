@@ -16,12 +16,22 @@ from typing import Any
 from sqlalchemy import Select, and_, case, func, literal, literal_column, select
 from sqlalchemy.orm import Session
 
+from models import rollups
 from models.db import session_scope
 from models.redaction import redact
-from models.schema import DeadLetter, FetchRun, RecordStatus, StagedRecord, Token
+from models.schema import (
+    BUCKET_COLUMNS,
+    DeadLetter,
+    FetchRun,
+    RecordStatus,
+    Rollup,
+    StagedRecord,
+    Token,
+)
 
 S = RecordStatus
 R = StagedRecord
+U = Rollup
 MESSAGE_CHARS = 300
 
 
@@ -94,17 +104,13 @@ Windows = Mapping[str, tuple[datetime, datetime]]
 def outcomes(
     database_url: str, windows: Windows, integration: str | None = None
 ) -> dict[str, dict[str, int]]:
-    """Per named window: records that finished done or dead in it (one scan for all windows)."""
+    """Per named window: records that finished done or dead in it, from the per-minute
+    rollups (a minute counts when it starts inside the window)."""
     columns = []
     for since, until in windows.values():
-        inside = and_(R.finished_at >= since, R.finished_at < until)
-        columns += [
-            func.count().filter(and_(inside, R.status == S.DONE)),
-            func.count().filter(and_(inside, R.status == S.DEAD)),
-        ]
-    query = select(*columns).where(
-        *_finished_in(*_span(windows), integration), R.status.in_((S.DONE, S.DEAD))
-    )
+        inside = and_(U.minute >= since, U.minute < until)
+        columns += [func.sum(U.done).filter(inside), func.sum(U.dead).filter(inside)]
+    query = select(*columns).where(*rollups.where(*_span(windows), integration))
     with session_scope(database_url) as session:
         row = session.execute(query).one()
     return {
@@ -116,54 +122,32 @@ def outcomes(
 def processing_time(
     database_url: str, windows: Windows, integration: str | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Per named window: count, mean and p95 of ``duration_ms`` of the records done in it.
-
-    p95 is the nearest rank (the smallest duration that at least 95 % of the records do not
-    exceed): ``percentile_disc`` on Postgres, the same rank by ORDER BY/OFFSET on SQLite. On
-    Postgres one scan serves every window.
+    """Per named window: count, mean and p95 of the processing time of the records done in
+    it, from the rollups: the mean is exact, the p95 is the nearest rank to the resolution of
+    the buckets (``models.schema.DURATION_BOUNDS_MS``: the bound of the bucket that holds it).
     """
-    where = (*_finished_in(*_span(windows), integration), R.status == S.DONE)
+    buckets = [U.__table__.c[name] for name in BUCKET_COLUMNS]
+    columns = []
+    for since, until in windows.values():
+        inside = and_(U.minute >= since, U.minute < until)
+        columns += [func.sum(U.duration_count).filter(inside)]
+        columns += [func.sum(U.duration_sum_ms).filter(inside)]
+        columns += [func.sum(b).filter(inside) for b in buckets]
+    width = 2 + len(buckets)
+    query = select(*columns).where(*rollups.where(*_span(windows), integration))
     with session_scope(database_url) as session:
-        postgres = session.get_bind().dialect.name == "postgresql"
-        columns = []
-        for since, until in windows.values():
-            inside = and_(R.finished_at >= since, R.finished_at < until)
-            columns += [
-                func.count(R.duration_ms).filter(inside),
-                func.avg(R.duration_ms).filter(inside),
-            ]
-            if postgres:
-                columns.append(
-                    func.percentile_disc(0.95).within_group(R.duration_ms).filter(inside)
-                )
-        row = session.execute(select(*columns).where(*where)).one()
-        found = {}
-        width = 3 if postgres else 2
-        for i, (key, (since, until)) in enumerate(windows.items()):
-            n, mean = int(row[width * i] or 0), row[width * i + 1]
-            if postgres:
-                p95 = row[width * i + 2]
-            else:
-                inside = (*where, R.finished_at >= since, R.finished_at < until)
-                p95 = _nearest_rank_p95(session, inside, n) if n else None
-            found[key] = {
-                "count": n,
-                "avg_ms": None if mean is None else round(float(mean), 3),
-                "p95_ms": None if p95 is None else round(float(p95), 3),
-            }
+        row = session.execute(query).one()
+    found = {}
+    for i, key in enumerate(windows):
+        n, total = int(row[width * i] or 0), float(row[width * i + 1] or 0.0)
+        counts = [int(c or 0) for c in row[width * i + 2 : width * (i + 1)]]
+        p95 = rollups.p95_from_buckets(counts)
+        found[key] = {
+            "count": n,
+            "avg_ms": round(total / n, 3) if n else None,
+            "p95_ms": None if p95 is None else round(p95, 3),
+        }
     return found
-
-
-def _nearest_rank_p95(session: Session, where: Sequence[Any], n: int) -> float | None:
-    rank = (95 * n + 99) // 100  # ceil(0.95 n) in integers
-    query = (
-        select(R.duration_ms)
-        .where(*where, R.duration_ms.is_not(None))
-        .order_by(R.duration_ms)
-        .offset(rank - 1)
-        .limit(1)
-    )
-    return session.scalar(query)
 
 
 def _span(windows: Windows) -> tuple[datetime, datetime]:
@@ -174,24 +158,18 @@ def throughput(
     database_url: str, since: datetime, until: datetime, integration: str | None = None
 ) -> dict[datetime, dict[str, int]]:
     """Records finished per minute (done and dead), keyed by the minute's start."""
+    query = (
+        select(U.minute, func.sum(U.done), func.sum(U.dead))
+        .where(*rollups.where(since, until, integration))
+        .group_by(U.minute)
+    )
+    per_minute: dict[datetime, dict[str, int]] = {}
     with session_scope(database_url) as session:
-        minute = _minute(session)
-        query = (
-            select(minute, R.status, func.count())
-            .where(*_finished_in(since, until, integration), R.status.in_((S.DONE, S.DEAD)))
-            .group_by(minute, R.status)
-        )
-        per_minute: dict[datetime, dict[str, int]] = {}
-        for start, status, n in session.execute(query):
+        for start, done, dead in session.execute(query):
             key = start if isinstance(start, datetime) else datetime.fromisoformat(start)
-            per_minute.setdefault(key, {"done": 0, "dead": 0})[status] = int(n)
+            if done or dead:
+                per_minute[key] = {"done": int(done or 0), "dead": int(dead or 0)}
     return per_minute
-
-
-def _minute(session: Session) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        return func.date_trunc("minute", R.finished_at)
-    return func.strftime("%Y-%m-%d %H:%M:00", R.finished_at)
 
 
 def errors(
@@ -311,35 +289,32 @@ def _finished_in(since: datetime, until: datetime, integration: str | None) -> t
 
 @dataclass(frozen=True)
 class RecordStats:
-    """One scan of ``ihub_records`` for /metrics, grouped by integration and status."""
+    """For /metrics: rows now in each status (a gauge), and the counters from the rollups."""
 
-    rows: list[tuple[str, str, int, int]]  # integration, status, rows, attempts beyond the first
+    rows: list[tuple[str, str, int]]  # integration, status, rows now
+    totals: dict[str, dict[str, int]]  # integration: done, dead, retries (only ever grow)
     durations: dict[str, tuple[list[int], int, float]]  # done: cumulative buckets, count, sum
 
 
-def record_stats(database_url: str, bounds_ms: Sequence[float]) -> RecordStats:
-    retries = func.sum(case((R.attempts > 1, R.attempts - 1), else_=0))
-    timed = R.duration_ms.is_not(None)
-    cumulative = [func.sum(case((and_(timed, R.duration_ms <= b), 1), else_=0)) for b in bounds_ms]
-    query = select(
-        R.integration,
-        R.status,
-        func.count(),
-        retries,
-        func.count(R.duration_ms),
-        func.sum(R.duration_ms),
-        *cumulative,
-    ).group_by(R.integration, R.status)
-    rows: list[tuple[str, str, int, int]] = []
-    durations: dict[str, tuple[list[int], int, float]] = {}
+def record_stats(database_url: str) -> RecordStats:
+    """Buckets of ``models.schema.DURATION_BOUNDS_MS`` (the +Inf one is the count)."""
+    now = select(R.integration, R.status, func.count()).group_by(R.integration, R.status)
+    columns = ("done", "dead", "retries", "duration_count", "duration_sum_ms", *BUCKET_COLUMNS)
     with session_scope(database_url) as session:
-        for row in session.execute(query):
-            integration, status = row[0], row[1]
-            rows.append((integration, status, int(row[2]), int(row[3] or 0)))
-            if status == S.DONE and row[4]:
-                buckets = [int(c or 0) for c in row[6:]]
-                durations[integration] = (buckets, int(row[4]), float(row[5] or 0.0))
-    return RecordStats(rows, durations)
+        rows = [(i, s, int(n)) for i, s, n in session.execute(now)]
+        sums = rollups.totals(session, columns)
+    totals: dict[str, dict[str, int]] = {}
+    durations: dict[str, tuple[list[int], int, float]] = {}
+    for integration, found in sums.items():
+        totals[integration] = {k: int(found[k]) for k in ("done", "dead", "retries")}
+        if found["duration_count"]:
+            cumulative, seen = [], 0
+            for name in BUCKET_COLUMNS[:-1]:
+                seen += int(found[name])
+                cumulative.append(seen)
+            count = int(found["duration_count"])
+            durations[integration] = (cumulative, count, float(found["duration_sum_ms"]))
+    return RecordStats(rows, totals, durations)
 
 
 def fetch_buckets(

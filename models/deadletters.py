@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from models import rollups
 from models.db import dialect_insert, session_scope
 from models.redaction import redact
 from models.schema import DeadLetter, DeadLetterAction, DeadReason, RecordStatus, StagedRecord
@@ -128,6 +129,7 @@ def record(
             set_={k: statement.excluded[k] for k in values if k not in keep},
         )
     )
+    rollups.add(session, row.integration, dead=1, at=now)
 
 
 # --- reading --------------------------------------------------------------------------------

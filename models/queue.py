@@ -6,142 +6,30 @@ finished record backwards: ``done`` is final, ``dead`` leaves only by an explici
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from models import deadletters
+from models import deadletters, rollups
 from models.db import session_scope
 from models.redaction import redact
 from models.schema import RecordStatus, StagedRecord
-from models.storable import storable_id, storable_payload, storable_text
-from models.values import SourceRecord, utcnow
+from models.staging import stage as stage  # re-exported: callers stage through the queue
+from models.staging import stage_dead as stage_dead
+from models.values import utcnow
 
 S = RecordStatus
 OPEN = (S.PENDING, S.PROCESSING, S.RETRYING)
 CHUNK = 1000
 
 
-def stage(
-    session: Session,
-    integration: str,
-    run_id: int | None,
-    records: list[SourceRecord],
-    *,
-    due_in: float,
-    force: bool = False,
-) -> list[int]:
-    """Insert each record unless its latest staged row is the same (or ``force``: a full
-    refresh stages every record again); the new row ids, to publish."""
-    page = {r.id: r for r in records}  # a repeated id in one page: the last one is current
-    latest = {} if force else _latest_staged(session, integration, list(page))
-    due, now = utcnow() + timedelta(seconds=due_in), utcnow()
-    rows = []
-    for record in page.values():
-        payload = json.dumps(record.payload, sort_keys=True, default=str)
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
-        if latest.get(record.id) == (record.version, digest):
-            continue
-        rows.append(
-            {
-                "integration": integration,
-                "record_id": record.id,
-                "version": record.version,
-                "digest": digest,
-                "payload": payload,
-                "status": S.PENDING,
-                "attempts": 0,
-                "deliveries": 0,
-                "fetch_run_id": run_id,
-                "due_at": due,
-                "created_at": now,
-            }
-        )
-    staged: list[int] = []
-    for start in range(0, len(rows), CHUNK):
-        statement = (
-            insert(StagedRecord).values(rows[start : start + CHUNK]).returning(StagedRecord.id)
-        )
-        staged.extend(session.scalars(statement))
-    return sorted(staged)
-
-
-def _latest_staged(
-    session: Session, integration: str, record_ids: list[str]
-) -> dict[str, tuple[str, str]]:
-    latest: dict[str, tuple[str, str]] = {}
-    for start in range(0, len(record_ids), CHUNK):
-        query = (
-            select(StagedRecord.record_id, StagedRecord.version, StagedRecord.digest)
-            .where(
-                StagedRecord.integration == integration,
-                StagedRecord.record_id.in_(record_ids[start : start + CHUNK]),
-            )
-            .order_by(StagedRecord.id)
-        )
-        for record_id, version, digest in session.execute(query):
-            latest[record_id] = (version, digest)
-    return latest
-
-
 def sink_version(version: str, row_id: int) -> str:
     """What the sink compares: the updated instant, then staging order within one instant."""
     return f"{version}|{row_id:020d}"
-
-
-def stage_dead(
-    session: Session,
-    integration: str,
-    run_id: int | None,
-    record_id: str,
-    payload: Any,
-    reason: str,
-) -> bool:
-    """A record that cannot even be parsed: staged straight into the dead letters; False when
-    the same record (id and payload) is already dead, as when each run re-reads it.
-
-    Whatever the source sent, this insert cannot fail: the id is escaped and cut to the
-    column's width, the reason escaped, and a payload that cannot be serialised is replaced by
-    a note saying so (a record rejected for its id or its depth must not fail its page)."""
-    now, stored_id = utcnow(), storable_id(record_id)
-    body = storable_payload(payload)
-    digest = hashlib.sha256(body.encode()).hexdigest()[:32]
-    if _already_dead(session, integration, stored_id, digest):
-        return False
-    reason = storable_text(reason)
-    row = StagedRecord(
-        integration=integration,
-        record_id=stored_id,
-        version=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        digest=digest,
-        payload=body,
-        status=S.DEAD,
-        attempts=0,
-        deliveries=0,
-        fetch_run_id=run_id,
-        last_error=reason,
-        error_class="PermanentError",
-        finished_at=now,
-    )
-    session.add(row)
-    session.flush()
-    _upsert_dead_letter(session, row, "PermanentError", reason, None, None)
-    return True
-
-
-def _already_dead(session: Session, integration: str, record_id: str, digest: str) -> bool:
-    query = select(StagedRecord.id).where(
-        StagedRecord.integration == integration,
-        StagedRecord.record_id == record_id,
-        StagedRecord.digest == digest,
-        StagedRecord.status == S.DEAD,
-    )
-    return session.scalars(query.limit(1)).first() is not None
 
 
 @dataclass(frozen=True)
@@ -176,52 +64,122 @@ def claim(
     looping (PITFALLS 5); our own retry after a database outage is not.
     """
     with session_scope(database_url) as session:
-        row = session.scalars(
-            select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
-        ).first()
-        if row is None or row.status not in OPEN:
-            return None
-        now = utcnow()
-        if row.status == S.PROCESSING:
-            started = row.started_at or now
-            lease_runs = started + timedelta(seconds=deadline) > now
-            same_holder = None in (token, row.claim_token) or row.claim_token == token
-            if lease_runs and not same_holder:
-                return None
-            if redelivered or not lease_runs:
-                row.deliveries += 1
-        row.status, row.attempts, row.claim_token = S.PROCESSING, row.attempts + 1, token
-        row.started_at, row.due_at = now, now + timedelta(seconds=deadline)
+        return claim_in(session, row_id, deadline=deadline, token=token, redelivered=redelivered)
+
+
+_CLAIM_WAITING = (
+    update(StagedRecord)
+    .where(
+        StagedRecord.id == bindparam("row_id"),
+        StagedRecord.status.in_((S.PENDING, S.RETRYING)),
+    )
+    .values(
+        status=S.PROCESSING,
+        attempts=StagedRecord.attempts + 1,
+        claim_token=bindparam("token"),
+        started_at=bindparam("now"),
+        due_at=bindparam("due"),
+    )
+    .returning(
+        StagedRecord.id,
+        StagedRecord.integration,
+        StagedRecord.record_id,
+        StagedRecord.version,
+        StagedRecord.payload,
+        StagedRecord.attempts,
+        StagedRecord.deliveries,
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
+def claim_in(
+    session: Session,
+    row_id: int,
+    *,
+    deadline: float,
+    token: str | None = None,
+    redelivered: bool = True,
+) -> Claim | None:
+    """``claim`` inside the caller's transaction (which may go on to write and finish the row).
+
+    The common case, a row that waits (pending or retrying), is one UPDATE ... RETURNING;
+    a row held or finished takes the locking read below, which judges the lease."""
+    now = utcnow()
+    waiting = session.execute(
+        _CLAIM_WAITING,
+        {"row_id": row_id, "token": token, "now": now, "due": now + timedelta(seconds=deadline)},
+    ).first()
+    if waiting is not None:
         return Claim(
-            row.id,
-            row.integration,
-            row.record_id,
-            row.version,
-            json.loads(row.payload),
-            row.attempts,
-            row.deliveries,
+            waiting.id,
+            waiting.integration,
+            waiting.record_id,
+            waiting.version,
+            json.loads(waiting.payload),
+            waiting.attempts,
+            waiting.deliveries,
         )
+    row = session.scalars(
+        select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
+    ).first()
+    if row is None or row.status not in OPEN:
+        return None
+    now = utcnow()
+    if row.status == S.PROCESSING:
+        started = row.started_at or now
+        lease_runs = started + timedelta(seconds=deadline) > now
+        same_holder = None in (token, row.claim_token) or row.claim_token == token
+        if lease_runs and not same_holder:
+            return None
+        if redelivered or not lease_runs:
+            row.deliveries += 1
+    row.status, row.attempts, row.claim_token = S.PROCESSING, row.attempts + 1, token
+    row.started_at, row.due_at = now, now + timedelta(seconds=deadline)
+    session.flush()
+    return Claim(
+        row.id,
+        row.integration,
+        row.record_id,
+        row.version,
+        json.loads(row.payload),
+        row.attempts,
+        row.deliveries,
+    )
 
 
 def mark_done(database_url: str, row_id: int, duration_ms: float) -> None:
     with session_scope(database_url) as session:
-        session.execute(
-            update(StagedRecord)
-            .where(StagedRecord.id == row_id, StagedRecord.status.in_(OPEN))
-            .values(
-                status=S.DONE,
-                finished_at=utcnow(),
-                duration_ms=duration_ms,
-                due_at=None,
-                last_error=None,
-                error_class=None,
-            )
+        mark_done_in(session, row_id, duration_ms)
+
+
+def mark_done_in(session: Session, row_id: int, duration_ms: float) -> bool:
+    """``mark_done`` inside the caller's transaction, counted in the minute's rollup; False
+    when the row was not open."""
+    now = utcnow()
+    integration = session.scalar(
+        update(StagedRecord)
+        .where(StagedRecord.id == row_id, StagedRecord.status.in_(OPEN))
+        .values(
+            status=S.DONE,
+            finished_at=now,
+            duration_ms=duration_ms,
+            due_at=None,
+            last_error=None,
+            error_class=None,
         )
+        .returning(StagedRecord.integration)
+        .execution_options(synchronize_session=False)
+    )
+    if integration is None:
+        return False
+    rollups.add(session, integration, done=1, durations_ms=[duration_ms], at=now)
+    return True
 
 
 def mark_retrying(database_url: str, row_id: int, error: BaseException, due_at: datetime) -> bool:
     with session_scope(database_url) as session:
-        result = session.execute(
+        integration = session.scalar(
             update(StagedRecord)
             .where(StagedRecord.id == row_id, StagedRecord.status == S.PROCESSING)
             .values(
@@ -230,8 +188,13 @@ def mark_retrying(database_url: str, row_id: int, error: BaseException, due_at: 
                 last_error=redact(str(error))[:2000],
                 error_class=type(error).__name__,
             )
+            .returning(StagedRecord.integration)
+            .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        if integration is None:
+            return False
+        rollups.add(session, integration, retries=1)
+        return True
 
 
 def mark_dead(

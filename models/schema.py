@@ -93,6 +93,59 @@ class StagedRecord(Base):
     claim_token: Mapped[str | None] = mapped_column(String(64))
 
 
+class LatestRecord(Base):
+    """What dedupe needs, one row per record (not per version): the latest staged version and
+    digest, so staging a page reads one row per record however long its history, and pruning
+    finished rows of ``ihub_records`` forgets nothing a fetch needs."""
+
+    __tablename__ = "ihub_latest"
+    integration: Mapped[str] = mapped_column(String(64), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(32))
+    row_id: Mapped[int] = mapped_column(RowId)
+
+
+# upper bounds of the processing-time buckets kept per minute (ms); the last bucket is +Inf
+DURATION_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+BUCKET_COLUMNS = (*(f"le_{b}" for b in DURATION_BOUNDS_MS), "le_inf")
+
+
+class Rollup(Base):
+    """Outcomes per integration and minute, written in the transaction of each outcome.
+
+    The dashboard's and /metrics' figures are sums over these rows, so pruning finished
+    records changes no chart and no counter goes down. ``shard`` spreads concurrent writers
+    of one minute over a few rows (a process writes its pid's shard), so that they do not
+    queue on one row lock; readers sum the shards.
+    """
+
+    __tablename__ = "ihub_rollups"
+    __table_args__ = (Index("ix_ihub_rollups_minute", "minute"),)
+    integration: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(DateTime, primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    dead: Mapped[int] = mapped_column(BigInteger, default=0)
+    retries: Mapped[int] = mapped_column(BigInteger, default=0)
+    duration_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    duration_sum_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    le_5: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_10: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_25: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_50: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_100: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_250: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_500: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_1000: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_2500: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_5000: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_10000: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_30000: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_60000: Mapped[int] = mapped_column(BigInteger, default=0)
+    le_inf: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class DeadReason(enum.StrEnum):
     """Why a record died, in the words a redrive policy selects by."""
 

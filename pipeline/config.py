@@ -223,6 +223,12 @@ class IntegrationConfig(Strict):
         None, description="module:function judging 2xx responses of the source and a REST sink"
     )
     enabled: bool = True
+    mode: Literal["per-record", "batched"] = Field(
+        "per-record",
+        description="per-record: one task per staged row; batched: one task per batch_size rows, "
+        "written with multi-row upserts (a SQL sink in the system-of-record database)",
+    )
+    batch_size: int = Field(500, ge=1, le=10000, description="rows per task in batched mode")
 
     @field_validator("classify")
     @classmethod

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import requests
 
 from models import integrations
+from models.db import normalize_url
 from models.redaction import register_secret
 from models.tokens import TokenStore
 from pipeline import classify
@@ -40,6 +41,7 @@ class Hub:
     _sinks: dict[str, Sink] = field(default_factory=dict)
     _tokens: dict[str, TokenManager] = field(default_factory=dict)
     _pause_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    _shared_sinks: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Static headers, parameters and URL passwords are masked in this process's logs."""
@@ -101,6 +103,15 @@ class Hub:
                     url, config.table, config.key, max_columns=config.max_columns
                 )
         return self._sinks[name]
+
+    def sink_shares_database(self, name: str) -> bool:
+        """Whether the integration's sink is a SQL table in the system-of-record database."""
+        if name not in self._shared_sinks:
+            sink = self.integration(name).sink
+            self._shared_sinks[name] = not isinstance(sink, RestSinkConfig) and normalize_url(
+                sink.url or self.database_url
+            ) == normalize_url(self.database_url)
+        return self._shared_sinks[name]
 
     def _classify(self, name: str, session: requests.Session, side: str) -> None:
         hook = self.integration(name).classify

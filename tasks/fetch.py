@@ -15,7 +15,7 @@ from pipeline.errors import TransientError, redacted_error
 from pipeline.retry import backoff_seconds
 from pipeline.settings import Settings
 from tasks.context import hub, leaving
-from tasks.records import publish_records
+from tasks.records import publisher
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -36,7 +36,7 @@ def register(app: Celery, settings: Settings) -> None:
             result = sync.fetch_delta(
                 engine,
                 integration,
-                lambda ids: publish_records(app, ids),
+                publisher(app, engine, integration),
                 owner=task_id,
                 holder=holder,
             )

@@ -1,5 +1,6 @@
 """reconcile: republish what the broker lost (the database remembers every open row) after
-writing the dead letters spooled during a database outage; redrive: a dead-letter policy.
+writing the dead letters spooled during a database outage, and prune done rows past the
+retention (IHUB_RETENTION_DAYS); redrive: a dead-letter policy.
 
 A marker key in the broker's Redis, mirrored in the database, tells that the broker lost its
 state (flushed, restarted without persistence): the reconciler then republishes every open row
@@ -9,12 +10,13 @@ at once instead of waiting for their deadlines.
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 
 from celeryconfig import PROCESS_QUEUE
-from models import leases
+from models import leases, retention
 from pipeline import sync
 from pipeline.settings import Settings
 from tasks.broker import queue_depths, redis_client
@@ -46,9 +48,14 @@ def register(app: Celery, settings: Settings) -> None:
         lost = broker_lost(app, engine.database_url)
         depth = process_queue_depth(app)
         try:
-            return sync.reconcile(engine, publish, spool, queue_depth=depth, broker_lost=lost)
+            found = sync.reconcile(engine, publish, spool, queue_depth=depth, broker_lost=lost)
+            # retention rides on the reconciler's minute: a bounded batch of old done rows
+            retention.prune(
+                settings.database_url, older_than=timedelta(days=settings.retention_days)
+            )
         except Exception as exc:
             raise leaving(exc, "reconcile") from None
+        return found
 
     @app.task(
         name="ihub.redrive",

@@ -38,7 +38,7 @@ def test_baseline_settings_are_in_force(app) -> None:
 def test_every_task_has_a_hard_limit_inside_the_visibility_timeout(app) -> None:
     """(prefetch + 1) x the longest hard limit stays under the visibility timeout (PITFALLS 2)."""
     limits = [t.time_limit for n, t in app.tasks.items() if n.startswith("ihub.")]
-    assert len(limits) == 4 and all(limits)
+    assert len(limits) == 5 and all(limits)  # fetch, process record and batch, reconcile, redrive
     assert (app.conf.worker_prefetch_multiplier + 1) * max(limits) < app.conf.visibility_timeout
 
 

@@ -30,6 +30,7 @@ from ihub.demo.source import DemoSource, DemoSourceOptions
 from models.db import get_engine, session_scope
 from models.migrate import upgrade
 from models.schema import RecordStatus, StagedRecord
+from pipeline import fetch as fetch_engine
 from pipeline import sync
 from pipeline.config import parse_config
 from pipeline.delta import is_deletion
@@ -343,5 +344,7 @@ def test_sink_equals_source_after_any_interleaving(
 ) -> None:
     """Any interleaving of changes, syncs, page boundaries and processing converges."""
     # the engine and the source share one clock (skew is what the lookback is for)
-    monkeypatch.setattr(sync, "utcnow", lambda: demo.now().replace(tzinfo=None))
+    clock = lambda: demo.now().replace(tzinfo=None)  # noqa: E731  one clock for source and engine
+    monkeypatch.setattr(sync, "utcnow", clock)
+    monkeypatch.setattr(fetch_engine, "utcnow", clock)
     check_style(demo, template_db, style)()

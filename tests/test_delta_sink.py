@@ -536,44 +536,44 @@ def hub(url: str, home: Path) -> Hub:
     return Hub(settings, config)
 
 
-def test_process_record_twice_leaves_target_unchanged(sqlite_url: str, tmp_path: Path) -> None:
+def test_process_record_twice_leaves_target_unchanged(db_url: str, tmp_path: Path) -> None:
     """The second processing of a row is 'skipped' and the target row stays the same."""
-    the_hub = hub(sqlite_url, tmp_path)
-    [row_id] = stage(sqlite_url, rec("a", 1, name="x", meta={"k": 1}))
+    the_hub = hub(db_url, tmp_path)
+    [row_id] = stage(db_url, rec("a", 1, name="x", meta={"k": 1}))
     first = process_record(the_hub, row_id, worker="w1")
     assert first.status == "done"
-    target = rows(sqlite_url, "target_items")
+    target = rows(db_url, "target_items")
     assert target["a"]["name"] == "x"
     assert json.loads(target["a"]["meta"]) == {"k": 1}
     assert target["a"][VERSION_COLUMN] == queue.sink_version(version_string(at(1)), row_id)
-    record_before = state(sqlite_url, row_id)
+    record_before = state(db_url, row_id)
 
     second = process_record(the_hub, row_id, worker="w2")
     assert second.status == "skipped"
-    assert rows(sqlite_url, "target_items") == target
-    assert state(sqlite_url, row_id) == record_before
+    assert rows(db_url, "target_items") == target
+    assert state(db_url, row_id) == record_before
 
 
-def test_process_older_row_after_newer_keeps_newer(sqlite_url: str, tmp_path: Path) -> None:
+def test_process_older_row_after_newer_keeps_newer(db_url: str, tmp_path: Path) -> None:
     """An older staged version processed late is done but does not overwrite the newer value."""
-    the_hub = hub(sqlite_url, tmp_path)
-    [old] = stage(sqlite_url, rec("a", 1, name="old"))
-    [new] = stage(sqlite_url, rec("a", 2, name="new"))
+    the_hub = hub(db_url, tmp_path)
+    [old] = stage(db_url, rec("a", 1, name="old"))
+    [new] = stage(db_url, rec("a", 2, name="new"))
     assert process_record(the_hub, new).status == "done"
     assert process_record(the_hub, old).status == "done"
-    assert rows(sqlite_url, "target_items")["a"]["name"] == "new"
+    assert rows(db_url, "target_items")["a"]["name"] == "new"
 
 
-def test_process_record_without_key_is_dead_lettered(sqlite_url: str, tmp_path: Path) -> None:
+def test_process_record_without_key_is_dead_lettered(db_url: str, tmp_path: Path) -> None:
     """A payload missing the sink key goes dead with one PermanentError dead letter."""
-    the_hub = hub(sqlite_url, tmp_path)
-    with session_scope(sqlite_url) as session:
+    the_hub = hub(db_url, tmp_path)
+    with session_scope(db_url) as session:
         [row_id] = queue.stage(
             session, NAME, None, [SourceRecord("a", at(1), {"name": "no id"})], due_in=300
         )
     outcome = process_record(the_hub, row_id)
     assert outcome.status == "dead"
     assert isinstance(outcome.error, PermanentError)
-    [letter] = dead_letters(sqlite_url, row_id)
+    [letter] = dead_letters(db_url, row_id)
     assert letter.error_class == "PermanentError"
     assert process_record(the_hub, row_id).status == "skipped"

@@ -19,6 +19,7 @@ from ihub.report import collect_status, render_text
 from models import integrations, leases, runs
 from models.db import session_scope
 from models.schema import Lease, StagedRecord
+from pipeline import fetch as fetch_engine
 from pipeline import sync
 from pipeline.config import parse_config
 from pipeline.delta import Watermark
@@ -44,6 +45,7 @@ def demo() -> Iterator[DemoSource]:
 @pytest.fixture(autouse=True)
 def _restore_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sync, "utcnow", sync.utcnow)
+    monkeypatch.setattr(fetch_engine, "utcnow", fetch_engine.utcnow)
 
 
 def make_hub(url: str, home: Path, demo: DemoSource, fetch: Any = None, **source: Any) -> Hub:
@@ -60,7 +62,8 @@ def make_hub(url: str, home: Path, demo: DemoSource, fetch: Any = None, **source
     }
     config = parse_config({"integrations": {NAME: body}}, file="t", env={})
     hub = Hub(settings_from_env({"IHUB_DATABASE_URL": url, "IHUB_HOME": str(home)}), config)
-    sync.utcnow = lambda: demo.now().replace(tzinfo=None)  # one clock for source and engine
+    clock = lambda: demo.now().replace(tzinfo=None)  # noqa: E731  one clock for source and engine
+    sync.utcnow = fetch_engine.utcnow = clock
     return hub
 
 

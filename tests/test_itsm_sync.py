@@ -15,6 +15,7 @@ from ihub.demo.source import DemoSource, DemoSourceOptions
 from models import idmap
 from models.db import session_scope
 from models.schema import RecordStatus, StagedRecord
+from pipeline import fetch as fetch_engine
 from pipeline import sync
 from pipeline.config import parse_config
 from pipeline.hub import Hub
@@ -60,7 +61,9 @@ def make_hub(url: str, home: Path, demo: DemoSource, itsm: ServiceNowTarget, **s
 
 
 def sync_once(hub: Hub, demo: DemoSource, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync, "utcnow", lambda: demo.now().replace(tzinfo=None))
+    clock = lambda: demo.now().replace(tzinfo=None)  # noqa: E731  one clock for source and engine
+    monkeypatch.setattr(sync, "utcnow", clock)
+    monkeypatch.setattr(fetch_engine, "utcnow", clock)
     sync.fetch_delta(hub, "itsm", lambda ids: None, owner="test")
     with session_scope(hub.database_url) as session:
         pending = list(

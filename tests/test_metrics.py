@@ -10,10 +10,10 @@ import pytest
 import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import update
+from sqlalchemy import select
 
 from ihub.web.server import ServerHandle, serve
-from models import migrate
+from models import migrate, queue
 from models.db import session_scope
 from models.schema import StagedRecord
 from tests import web_seed
@@ -105,11 +105,8 @@ def test_metrics_are_read_from_the_database_at_scrape_time(
     """A row finished by any process shows in the next scrape: nothing is counted in memory."""
     _, before = scrape(server)
     with session_scope(db[0]) as session:
-        session.execute(
-            update(StagedRecord)
-            .where(StagedRecord.record_id == "p0")
-            .values(status="done", finished_at=NOW, duration_ms=3000.0, attempts=1)
-        )
+        row_id = session.scalar(select(StagedRecord.id).where(StagedRecord.record_id == "p0"))
+    queue.mark_done(db[0], int(row_id), 3000.0)
     _, after = scrape(server)
     done = {"integration": "crm", "outcome": "done"}
     assert (

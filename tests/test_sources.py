@@ -25,6 +25,7 @@ from ihub.demo.source import DemoSource, DemoSourceOptions
 from models import integrations, queue
 from models.db import get_engine, session_scope
 from models.schema import RecordStatus, StagedRecord
+from pipeline import fetch as fetch_engine
 from pipeline import sync
 from pipeline.config import SourceConfig, parse_config
 from pipeline.delta import DELETED_KEY, Watermark
@@ -56,13 +57,15 @@ def make_hub(url: str, home: Path, demo: DemoSource, **fields: Any) -> Hub:
     }
     config = parse_config({"integrations": {NAME: body}}, file="t", env={})
     hub = Hub(settings_from_env({"IHUB_DATABASE_URL": url, "IHUB_HOME": str(home)}), config)
-    sync.utcnow = lambda: demo.now().replace(tzinfo=None)  # one clock for source and engine
+    clock = lambda: demo.now().replace(tzinfo=None)  # noqa: E731  one clock for source and engine
+    sync.utcnow = fetch_engine.utcnow = clock
     return hub
 
 
 @pytest.fixture(autouse=True)
 def _restore_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sync, "utcnow", sync.utcnow)
+    monkeypatch.setattr(fetch_engine, "utcnow", fetch_engine.utcnow)
 
 
 def delta(hub: Hub, *, between_pages: Any = None, full_refresh: bool = False) -> Any:

@@ -124,12 +124,12 @@ def _run_once(settings: Any, app: Any, timeout: float) -> int:
     from ihub.cli.runner import wait_for_run
     from pipeline import sync
     from pipeline.hub import Hub
-    from tasks.records import publish_records
+    from tasks.records import publisher
 
     hub = Hub.from_env()
     finished = True
     for name in DEMO_INTEGRATIONS:
-        result = sync.fetch_delta(hub, name, lambda ids: publish_records(app, ids), owner="demo")
+        result = sync.fetch_delta(hub, name, publisher(app, hub, name), owner="demo")
         click.echo(
             f"{name}: fetched {result.fetched} record(s) in {result.pages} page(s); "
             f"staged {result.staged}"

@@ -40,7 +40,7 @@ def run_sync(
     from ihub.cli.syncing import OPEN, USAGE, sync_now, wait_for_runs
     from pipeline.hub import Hub
     from tasks.app import get_app
-    from tasks.records import publish_records
+    from tasks.records import publisher
 
     started = time.monotonic()
     try:
@@ -49,7 +49,7 @@ def run_sync(
     except ConfigError as exc:
         _sync_exit({"integration": name, "status": "config", "error": str(exc)}, USAGE, as_json)
     app = get_app()
-    publish = lambda ids: publish_records(app, ids)  # noqa: E731
+    publish = publisher(app, hub, name)  # one task per row, or per chunk in batched mode
     outcome = sync_now(hub, name, publish, wait=wait, timeout=timeout, full_refresh=full_refresh)
     if outcome.more and not wait:
         _continue_in_workers(app, name)

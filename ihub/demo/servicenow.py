@@ -193,7 +193,7 @@ class ServiceNowTarget:
             return _failure(503, "Service Unavailable", "instance is down for maintenance")
         if self.options.require_auth:
             with self.authority._lock:
-                ok = self.authority._bearer_ok(headers.get("authorization"))
+                ok = self.authority.tokens.bearer_ok(headers.get("authorization"))
             if not ok:
                 self.counters["api_401"] += 1
                 return (

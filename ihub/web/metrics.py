@@ -1,10 +1,10 @@
 """``/metrics`` in the Prometheus text format, computed from the database and broker per scrape.
 
 Workers are many processes on many hosts, so in-process counters would each see a fraction:
-instead one collector asks the system of record at scrape time. Counters are derived from rows
-that only grow (done rows, deaths recorded on dead letters, attempts, fetch runs, token
-refreshes); histograms are bucketed by SQL over ``duration_ms`` and fetch-run times. A purge of
-old rows lowers them, which Prometheus reads as a counter reset.
+instead one collector asks the system of record at scrape time. The record counters and the
+processing-time histogram are sums of the per-minute rollups (``models.rollups``), written in
+the transaction of each outcome, so a purge, a requeue or the retention of finished rows never
+lowers them; what can fall (rows per status, active dead letters) is a gauge.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from prometheus_client.registry import Collector
 
 from ihub import report
 from models import dashboard
+from models.schema import DURATION_BOUNDS_MS
 from pipeline.timefmt import utcnow
 
-PROCESSING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+PROCESSING_BUCKETS = tuple(b / 1000 for b in DURATION_BOUNDS_MS)  # kept per minute, in ms
 FETCH_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 STATES = ("running", "paused", "failing")
 Letters = tuple[str, str, int, int]
@@ -44,10 +45,9 @@ class IhubCollector(Collector):
         self.database_url, self.broker_url, self.clock = database_url, broker_url, clock
 
     def collect(self) -> Iterator[Metric]:
-        bounds_ms = [b * 1000 for b in PROCESSING_BUCKETS]
-        stats = dashboard.record_stats(self.database_url, bounds_ms)
+        stats = dashboard.record_stats(self.database_url)
         letters = dashboard.dead_letter_totals(self.database_url)
-        yield from self._records(stats, letters)
+        yield from self._records(stats)
         yield from _histogram(
             "ihub_record_processing_seconds",
             "Processing time of records that ended done (process_record, claim to done).",
@@ -62,7 +62,7 @@ class IhubCollector(Collector):
         yield from self._queues()
         yield _build_info()
 
-    def _records(self, stats: dashboard.RecordStats, letters: list[Letters]) -> Iterator[Metric]:
+    def _records(self, stats: dashboard.RecordStats) -> Iterator[Metric]:
         outcomes = CounterMetricFamily(
             "ihub_records",
             "Records processed, by outcome: done, or dead (each death, requeued ones included).",
@@ -70,7 +70,7 @@ class IhubCollector(Collector):
         )
         retries = CounterMetricFamily(
             "ihub_record_retries",
-            "Attempts beyond the first, over the records staged (reset when one is requeued).",
+            "Retries scheduled (a record marked retrying), over every record ever processed.",
             labels=["integration"],
         )
         current = GaugeMetricFamily(
@@ -78,19 +78,12 @@ class IhubCollector(Collector):
             "Staged records now in each status (a gauge: it falls as records finish).",
             labels=["integration", "status"],
         )
-        retried: dict[str, int] = {}
-        for integration, status, rows, extra in stats.rows:
+        for integration, status, rows in stats.rows:
             current.add_metric([integration, status], rows)
-            retried[integration] = retried.get(integration, 0) + extra
-            if status == "done":
-                outcomes.add_metric([integration, "done"], rows)
-        deaths: dict[str, int] = {}
-        for integration, _cls, _active, died in letters:
-            deaths[integration] = deaths.get(integration, 0) + died
-        for integration, died in sorted(deaths.items()):
-            outcomes.add_metric([integration, "dead"], died)
-        for integration, n in sorted(retried.items()):
-            retries.add_metric([integration], n)
+        for integration, totals in sorted(stats.totals.items()):
+            outcomes.add_metric([integration, "done"], totals["done"])
+            outcomes.add_metric([integration, "dead"], totals["dead"])
+            retries.add_metric([integration], totals["retries"])
         yield from (outcomes, retries, current)
 
     def _dead_letters(self, letters: list[Letters]) -> Iterator[Metric]:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Engine,
     Float,
     MetaData,
@@ -59,22 +60,39 @@ class SqlSink:
         self._tombstones: Table | None = None
         self._columns: ColumnMap | None = None
         self._lock = threading.Lock()
+        self._statements: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     @property
     def engine(self) -> Engine:
         return get_engine(self.database_url)
 
-    def upsert(self, record: dict[str, Any], version: str, *, deletes: str | None = None) -> bool:
+    def upsert(
+        self,
+        record: dict[str, Any],
+        version: str,
+        *,
+        deletes: str | None = None,
+        connection: Connection | None = None,
+    ) -> bool:
         """Write ``record`` unless a same or newer version is there; True when a row changed.
+
+        ``connection``: write inside the caller's transaction (the queue's, when the sink is the
+        system-of-record database: claim, write and done commit together); else its own.
 
         ``deletes`` is the integration's deletion action: with ``mark`` the row is marked live
         (``_ihub_deleted`` false, which revives a row deleted before); with ``delete`` a
         tombstone of the same or a newer version keeps an older write from bringing it back.
         """
-        return self._write(record, version, deletes=deletes, deleted=False)
+        return self._write(record, version, deletes=deletes, deleted=False, connection=connection)
 
     def _write(
-        self, record: dict[str, Any], version: str, *, deletes: str | None, deleted: bool
+        self,
+        record: dict[str, Any],
+        version: str,
+        *,
+        deletes: str | None,
+        deleted: bool,
+        connection: Connection | None = None,
     ) -> bool:
         if self.key not in record:
             raise PermanentError(f"sink {self.table_name}: record has no key field {self.key!r}")
@@ -87,20 +105,61 @@ class SqlSink:
             if deletes == "delete":
                 self._ensure_tombstones()
             table = self._ensure(row)
-            with self.engine.begin() as connection:
-                if deletes == "delete" and self._buried(connection, row[self.key], version):
+            with self._begin(connection) as conn:
+                if deletes == "delete" and self._buried(conn, row[self.key], version):
                     return False
-                result = connection.execute(self._statement(table, row))
+                result = conn.execute(self._statement_for(table, row), row)
                 return bool(result.rowcount)
 
-    def delete(self, key: str, version: str, *, action: str = "mark") -> bool:
+    def upsert_many(
+        self, records: list[tuple[dict[str, Any], str]], *, connection: Connection
+    ) -> int:
+        """Write many (record, version) pairs with multi-row upserts, version-guarded each.
+
+        Within the list only the newest version of each key is written (an older one would be
+        refused by the guard anyway; Postgres refuses one statement touching a row twice).
+        Records with the same columns share one statement. Any error fails them all: the
+        caller splits the chunk to find the record at fault.
+        """
+        newest: dict[str, dict[str, Any]] = {}
+        with self._errors():
+            for record, version in records:
+                if self.key not in record:
+                    raise PermanentError(
+                        f"sink {self.table_name}: record has no key field {self.key!r}"
+                    )
+                row = self._row(record)
+                row[self.key], row[VERSION_COLUMN] = str(record[self.key]), version
+                kept = newest.get(row[self.key])
+                if kept is None or kept[VERSION_COLUMN] < version:
+                    newest[row[self.key]] = row
+            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row in newest.values():
+                groups.setdefault(tuple(row), []).append(row)
+            changed = 0
+            table = self._ensure(_union(groups))
+            for rows in groups.values():
+                result = connection.execute(self._statement_for(table, rows[0]), rows)
+                changed += max(result.rowcount, 0)
+        return changed
+
+    def delete(
+        self,
+        key: str,
+        version: str,
+        *,
+        action: str = "mark",
+        connection: Connection | None = None,
+    ) -> bool:
         """Apply a deletion of ``version``: mark the row (``_ihub_deleted`` true, the other
         columns kept) or delete it, in either case only over an older version."""
         if action == "mark":
-            return self._write({self.key: key}, version, deletes=None, deleted=True)
+            return self._write(
+                {self.key: key}, version, deletes=None, deleted=True, connection=connection
+            )
         with self._errors():
             tombstones = self._ensure_tombstones()
-            with self.engine.begin() as connection:
+            with self._begin(connection) as connection:
                 self._lock_key(connection, key)
                 values = {"tbl": self.table_name, "key": key, "version": version}
                 insert = self._dialect().insert(tombstones).values(values)
@@ -134,6 +193,12 @@ class SqlSink:
         if layout.extra:
             row[EXTRA_COLUMN] = json.dumps(layout.extra, sort_keys=True, default=str)
         return row
+
+    def _begin(self, connection: Connection | None) -> Any:
+        """The caller's connection (its transaction), or a transaction of our own."""
+        if connection is not None:
+            return contextlib.nullcontext(connection)
+        return self.engine.begin()
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -182,8 +247,17 @@ class SqlSink:
         ).scalar()
         return found is not None and found >= version
 
-    def _statement(self, table: Table, row: dict[str, Any]) -> Any:
-        insert = self._dialect().insert(table).values(row)
+    def _statement_for(self, table: Table, row: dict[str, Any]) -> Any:
+        """The version-guarded upsert of rows with ``row``'s columns (values bound later),
+        built once per table and set of columns."""
+        key = (id(table), tuple(row))
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = self._build_statement(table, row)
+        return statement
+
+    def _build_statement(self, table: Table, row: dict[str, Any]) -> Any:
+        insert = self._dialect().insert(table)
         changes = {name: insert.excluded[name] for name in row if name != self.key}
         changes[SYNCED_COLUMN] = text("CURRENT_TIMESTAMP")
         return insert.on_conflict_do_update(
@@ -238,6 +312,17 @@ class SqlSink:
             return int(
                 connection.execute(text(f'SELECT COUNT(*) FROM "{self.table_name}"')).scalar_one()
             )
+
+
+def _union(groups: dict[tuple[str, ...], list[dict[str, Any]]]) -> dict[str, Any]:
+    """One sample value per column over every row (a non-null one where any), to type columns."""
+    sample: dict[str, Any] = {}
+    for rows in groups.values():
+        for row in rows:
+            for name, value in row.items():
+                if sample.get(name) is None:
+                    sample[name] = value
+    return sample
 
 
 def _create(engine: Engine, table: Table) -> None:

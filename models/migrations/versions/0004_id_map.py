@@ -1,7 +1,7 @@
 """id map: source key → target id for REST targets that assign their own ids, with a per-key lock
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 from __future__ import annotations

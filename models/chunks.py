@@ -1,0 +1,84 @@
+"""The queue's transitions for a chunk of rows (batched mode): one statement per chunk.
+
+Each runs inside the caller's transaction, next to the chunk's multi-row sink upsert, so a
+chunk commits whole or not at all; the caller splits a failing chunk down to single rows,
+which take the per-record path (``models.queue``) and end on their own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from models import rollups
+from models.queue import OPEN, Claim, S
+from models.schema import StagedRecord
+from models.values import utcnow
+
+
+def claim_many(
+    session: Session, row_ids: list[int], *, deadline: float, token: str | None
+) -> list[Claim]:
+    """Claim the rows of a chunk that wait (pending or retrying) in one statement, inside the
+    caller's transaction; a row another task holds, or that is finished, is left out."""
+    now = utcnow()
+    statement = (
+        update(StagedRecord)
+        .where(StagedRecord.id.in_(row_ids), StagedRecord.status.in_((S.PENDING, S.RETRYING)))
+        .values(
+            status=S.PROCESSING,
+            attempts=StagedRecord.attempts + 1,
+            claim_token=token,
+            started_at=now,
+            due_at=now + timedelta(seconds=deadline),
+        )
+        .returning(
+            StagedRecord.id,
+            StagedRecord.integration,
+            StagedRecord.record_id,
+            StagedRecord.version,
+            StagedRecord.payload,
+            StagedRecord.attempts,
+            StagedRecord.deliveries,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return [
+        Claim(
+            row.id,
+            row.integration,
+            row.record_id,
+            row.version,
+            json.loads(row.payload),
+            row.attempts,
+            row.deliveries,
+        )
+        for row in session.execute(statement)
+    ]
+
+
+def mark_done_many(session: Session, row_ids: list[int], duration_ms: float) -> int:
+    """``mark_done_in`` for a chunk written together (each gets the chunk's mean time),
+    counted in the minute's rollups."""
+    now = utcnow()
+    done = session.scalars(
+        update(StagedRecord)
+        .where(StagedRecord.id.in_(row_ids), StagedRecord.status.in_(OPEN))
+        .values(
+            status=S.DONE,
+            finished_at=now,
+            duration_ms=duration_ms,
+            due_at=None,
+            last_error=None,
+            error_class=None,
+        )
+        .returning(StagedRecord.integration)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for integration, n in Counter(done).items():
+        rollups.add(session, integration, done=n, durations_ms=[duration_ms] * n, at=now)
+    return len(done)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from ihub.web import actions
 from ihub.web.server import ServerHandle, auth_from_env, check_exposure, serve
-from models import migrate
+from models import leases, migrate
 from models.dashboard import DeadFilter
 from models.db import session_scope
 from models.schema import DeadLetter, IntegrationState, StagedRecord
@@ -143,6 +143,18 @@ def test_dashboard_shows_every_widget_with_its_figures(server: ServerHandle) -> 
     assert "unavailable (no broker answered)" in html
     hour = figures(requests.get(server.url + "/?hours=1", timeout=TIMEOUT).text)
     assert (hour["success-window-done"], hour["success-window-dead"]) == ("20", "1")
+
+
+def test_dashboard_shows_who_holds_a_running_fetch(
+    seeded: tuple[str, dict[str, int]], server: ServerHandle
+) -> None:
+    """A running fetch shows on its card: the worker and task holding its lease; others idle."""
+    holder = "worker-a pid 7 task task-42"
+    assert leases.acquire(seeded[0], "fetch:crm", "task-42", ttl=60, holder=holder)
+    html = requests.get(server.url + "/", timeout=TIMEOUT).text
+    cards = {c.split('"')[0]: c for c in html.split('data-integration="')[1:]}
+    assert f"running on {holder} since" in cards["crm"]
+    assert "running on" not in cards["hr"]
 
 
 def test_security_headers_and_cookie(server: ServerHandle) -> None:

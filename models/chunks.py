@@ -15,7 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from models import rollups
-from models.queue import OPEN, Claim, S
+from models.queue import CLAIMED, OPEN, Claim, S
 from models.schema import StagedRecord
 from models.values import utcnow
 
@@ -36,15 +36,7 @@ def claim_many(
             started_at=now,
             due_at=now + timedelta(seconds=deadline),
         )
-        .returning(
-            StagedRecord.id,
-            StagedRecord.integration,
-            StagedRecord.record_id,
-            StagedRecord.version,
-            StagedRecord.payload,
-            StagedRecord.attempts,
-            StagedRecord.deliveries,
-        )
+        .returning(*CLAIMED)
         .execution_options(synchronize_session=False)
     )
     return [

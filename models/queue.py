@@ -25,6 +25,16 @@ from models.values import utcnow
 S = RecordStatus
 OPEN = (S.PENDING, S.PROCESSING, S.RETRYING)
 CHUNK = 1000
+# what a claim hands the worker, in Claim's order
+CLAIMED = (
+    StagedRecord.id,
+    StagedRecord.integration,
+    StagedRecord.record_id,
+    StagedRecord.version,
+    StagedRecord.payload,
+    StagedRecord.attempts,
+    StagedRecord.deliveries,
+)
 
 
 def sink_version(version: str, row_id: int) -> str:
@@ -80,15 +90,7 @@ _CLAIM_WAITING = (
         started_at=bindparam("now"),
         due_at=bindparam("due"),
     )
-    .returning(
-        StagedRecord.id,
-        StagedRecord.integration,
-        StagedRecord.record_id,
-        StagedRecord.version,
-        StagedRecord.payload,
-        StagedRecord.attempts,
-        StagedRecord.deliveries,
-    )
+    .returning(*CLAIMED)
     .execution_options(synchronize_session=False)
 )
 

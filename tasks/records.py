@@ -28,15 +28,16 @@ PIPELINE = 1000
 def register(app: Celery, settings: Settings) -> None:
     limit = settings.process_time_limit
 
-    @app.task(
-        name="ihub.process_record",
-        shared=False,
-        bind=True,
-        acks_late=True,
-        ignore_result=True,
-        time_limit=limit,
-        soft_time_limit=limit - min(30.0, limit / 10),
-    )
+    options: dict[str, Any] = {
+        "shared": False,
+        "bind": True,
+        "acks_late": True,
+        "ignore_result": True,
+        "time_limit": limit,
+        "soft_time_limit": limit - min(30.0, limit / 10),
+    }
+
+    @app.task(name="ihub.process_record", **options)
     def process_record(self: Task, row_id: int) -> str:
         request = self.request
         delivery = sync.Delivery(
@@ -66,15 +67,7 @@ def register(app: Celery, settings: Settings) -> None:
             raise self.retry(countdown=outcome.countdown, max_retries=None, exc=error)
         return outcome.status
 
-    @app.task(
-        name="ihub.process_batch",
-        shared=False,
-        bind=True,
-        acks_late=True,
-        ignore_result=True,
-        time_limit=limit,
-        soft_time_limit=limit - min(30.0, limit / 10),
-    )
+    @app.task(name="ihub.process_batch", **options)
     def process_batch(self: Task, row_ids: list[int]) -> dict[str, int]:
         request = self.request
         delivery = sync.Delivery(

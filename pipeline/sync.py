@@ -111,35 +111,14 @@ def process_record(
 def _claim_and_write(
     hub: Hub, row_id: int, delivery: Delivery, deadline: float
 ) -> Outcome | tuple[queue.Claim | None, Exception | None]:
-    """Claim the row; when its sink is a table of this Postgres database, write it and mark it
-    done in the same transaction, so the common case costs one commit.
+    """Claim the row, then, when its sink is a table of this Postgres database, write it and
+    mark it done in one transaction: two commits for the common case.
 
-    Otherwise the claim alone commits, and the caller goes on: (claim, None). A write that
-    fails rolls the whole transaction back; the row is then claimed again on its own, so the
-    caller records the outcome (retry or dead letter, with its reason) exactly as after a
-    separate claim: (claim, the write's error).
+    The claim commits on its own first: a worker killed during the write leaves the row
+    processing with its delivery counted, so a record that kills its worker every time is
+    dead-lettered after ``MAX_CRASH_REDELIVERIES`` instead of looping. Otherwise, or when the
+    write fails (rolled back with its done mark), the caller goes on: (claim, the error).
     """
-    try:
-        with session_scope(hub.database_url) as session:
-            claim = queue.claim_in(
-                session,
-                row_id,
-                deadline=deadline,
-                token=delivery.token,
-                redelivered=delivery.redelivered,
-            )
-            if claim is None:
-                return Outcome("skipped")
-            if not _writes_in_transaction(hub, claim):
-                return claim, None
-            started = time.perf_counter()
-            _write(hub, claim, connection=session.connection())
-            queue.mark_done_in(session, row_id, (time.perf_counter() - started) * 1000)
-            return Outcome("done")
-    except Exception as exc:
-        if is_database_outage(exc):
-            raise
-        failure = exc
     claim = queue.claim(
         hub.database_url,
         row_id,
@@ -147,7 +126,20 @@ def _claim_and_write(
         token=delivery.token,
         redelivered=delivery.redelivered,
     )
-    return claim, failure
+    if claim is None:
+        return Outcome("skipped")
+    if not _writes_in_transaction(hub, claim):
+        return claim, None
+    try:
+        with session_scope(hub.database_url) as session:
+            started = time.perf_counter()
+            _write(hub, claim, connection=session.connection())
+            queue.mark_done_in(session, row_id, (time.perf_counter() - started) * 1000)
+            return Outcome("done")
+    except Exception as exc:
+        if is_database_outage(exc):
+            raise
+        return claim, exc
 
 
 def _writes_in_transaction(hub: Hub, claim: queue.Claim) -> bool:

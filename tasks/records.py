@@ -96,10 +96,15 @@ def register(app: Celery, settings: Settings) -> None:
 def publisher(app: Celery, hub: Hub, name: str) -> Callable[[list[int]], None]:
     """How a fetch of ``name`` publishes its staged rows: one task per row, or per chunk of
     ``batch_size`` rows in batched mode."""
-    config = hub.integration(name)
-    if config.mode == "batched":
-        return lambda row_ids: publish_batches(app, row_ids, config.batch_size)
-    return lambda row_ids: publish_records(app, row_ids)
+
+    def publish(row_ids: list[int]) -> None:
+        config = hub.integration(name)  # read when there is something to publish
+        if config.mode == "batched":
+            publish_batches(app, row_ids, config.batch_size)
+        else:
+            publish_records(app, row_ids)
+
+    return publish
 
 
 def publish_batches(app: Celery, row_ids: list[int], size: int) -> None:

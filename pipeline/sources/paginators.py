@@ -17,13 +17,9 @@ parameter) is an error rather than an endless fetch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urljoin
-
-from requests.utils import parse_header_links
 
 from pipeline.config import SourceConfig
 from pipeline.config_sources import (
@@ -37,19 +33,11 @@ from pipeline.config_sources import (
 from pipeline.delta import Watermark
 from pipeline.errors import PermanentError
 from pipeline.sources.limits import fingerprint
+from pipeline.sources.replies import Reply as Reply  # re-exported: paginators speak it
+from pipeline.sources.replies import dig as dig
+from pipeline.sources.replies import next_link as next_link
+from pipeline.sources.replies import total_of
 from pipeline.timefmt import TimeFormat, floor_time
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One response as a paginator sees it: parsed body, headers, the records and their keys."""
-
-    body: Any
-    headers: Mapping[str, str]
-    items: list[Any]
-    keys: list[Watermark | None]  # (updated, id) per item; None where it could not be read
-    url: str = ""
-    digest: str = ""  # of the response's bytes
 
 
 class Paginator:
@@ -182,16 +170,6 @@ class NextUrlPaginator(Paginator):
         return next_link(reply.headers.get("Link") or reply.headers.get("link"))
 
 
-def next_link(header: str | None) -> str | None:
-    """The rel="next" target of an RFC 8288 ``Link`` header."""
-    if not header:
-        return None
-    for link in parse_header_links(header):
-        if "next" in str(link.get("rel", "")).split():
-            return link.get("url") or None
-    return None
-
-
 class OffsetPaginator(Paginator):
     """offset/limit, each request overlapping the previous page by ``overlap`` rows.
 
@@ -220,7 +198,7 @@ class OffsetPaginator(Paginator):
         keys = [k for k in reply.keys if k is not None]
         if self.tail and (not keys or keys[0] not in self.tail):
             self.trusted = self.checkpoint = False
-        total = _total(reply, self.config.total_path, self.config.total_header)
+        total = total_of(reply, self.config.total_path, self.config.total_header)
         count = len(reply.items)
         end = count == 0 or (total is not None and self.offset + count >= total)
         if end or _short(reply, self.config.limit, self.config.stop_on_short_page):
@@ -264,7 +242,7 @@ class PagePaginator(Paginator):
         for key in reply.keys:
             if key is not None and self.seen.setdefault(key.id, key.updated) != key.updated:
                 self.trusted = False
-        total = _total(reply, self.config.total_path, self.config.total_header)
+        total = total_of(reply, self.config.total_path, self.config.total_header)
         if total is not None and self.total is not None and total != self.total:
             self.trusted = False
         self.total = total if total is not None else self.total
@@ -388,23 +366,3 @@ def make_paginator(config: SourceConfig, since: datetime | None) -> Paginator:
             pagination, since, by_id=config.keyset_by_id, fmt=config.delta.format
         )
     return Paginator(since)
-
-
-def _total(reply: Reply, path: str | None, header: str | None) -> int | None:
-    raw = dig(reply.body, path) if path else None
-    if raw is None and header:
-        raw = reply.headers.get(header)
-    try:
-        return int(raw) if raw is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def dig(body: Any, path: str) -> Any:
-    """The value at a dotted path (``data.items``); '' is the body itself."""
-    node = body
-    for part in [p for p in path.split(".") if p]:
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node

@@ -15,6 +15,7 @@ credentials (``IHUB_WEB_USER`` / ``IHUB_WEB_PASSWORD``), which then guard every 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -164,7 +165,9 @@ class ServerHandle:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.pull_trigger()  # wake the I/O loop now
+        # wake the I/O loop now; it may already have seen the flag and closed the trigger
+        with contextlib.suppress(OSError):
+            self._server.pull_trigger()
         self._thread.join(timeout=10)
 
 

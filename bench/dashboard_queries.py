@@ -1,8 +1,8 @@
 """How long the status page's queries take on a large ``ihub_records`` table in Postgres.
 
-    /work/venv/bin/python bench/dashboard_queries.py                      # 1,000,000 rows
-    /work/venv/bin/python bench/dashboard_queries.py --days 0.4 --json    # all of them today
-    /work/venv/bin/python bench/dashboard_queries.py --extra-index        # with the proposed index
+    python bench/dashboard_queries.py                      # 1,000,000 rows
+    python bench/dashboard_queries.py --days 0.4 --json    # all of them today
+    python bench/dashboard_queries.py --extra-index        # with the proposed index
 
 Creates a database ``ihub_bench_dash_<random>``, migrates it, generates the rows with
 ``INSERT ... SELECT generate_series`` (4 integrations; 95 % done, 2 % dead with a dead letter

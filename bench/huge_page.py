@@ -1,7 +1,7 @@
 """How much a fetching process grows when a source answers with a huge page.
 
-    /work/venvs/hostile/bin/python bench/huge_page.py                 # 200 MB, default limit
-    /work/venvs/hostile/bin/python bench/huge_page.py --mb 200 --limit-mb 8 --gzip
+    python bench/huge_page.py                 # 200 MB, default limit
+    python bench/huge_page.py --mb 200 --limit-mb 8 --gzip
 
 A server on 127.0.0.1 streams a valid JSON list of ``--mb`` megabytes, made a chunk at a time
 (with ``--gzip``: that many megabytes once inflated, about a thousandth on the wire). A child

@@ -35,7 +35,7 @@ from tests.chaostools import (
     cluster,
     compare,
     executions,
-    fetch,
+    fetch_to_end,
     prepare_target,
     report,
     settled,
@@ -95,7 +95,7 @@ def test_1_sigkill_workers_repeatedly_during_a_5000_record_sync(
         running.start_beat()
         running.wait_ready()
         started = time.monotonic()
-        fetch(hub, app)
+        fetch_to_end(hub, app)
         whole_worker = False
         deadline = time.monotonic() + 300
         while not settled(pg_url) and time.monotonic() < deadline:
@@ -142,7 +142,7 @@ def test_2_redis_restart_loses_queued_and_retrying_tasks(
             running.start_beat()
             running.wait_ready()
             started = time.monotonic()
-            fetch(hub, app)
+            fetch_to_end(hub, app)
             wait_until(lambda: open_counts(pg_url)["done"] >= 200, timeout=60, what="200 done")
             proxy.stop()
             wait_until(lambda: open_counts(pg_url)["retrying"] >= 50, timeout=60, what="retries")
@@ -184,7 +184,7 @@ def test_3_postgres_restart_mid_run(
         running.start_beat()
         running.wait_ready()
         started = time.monotonic()
-        fetch(hub, app)
+        fetch_to_end(hub, app)
         wait_until(lambda: open_counts(pg_url)["done"] >= 300, timeout=60, what="300 done")
         version = clusters[-1].parent.name
         restart = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"]
@@ -232,7 +232,7 @@ def test_4_target_down_for_30_seconds(
         running.start_beat()
         running.wait_ready()
         started = time.monotonic()
-        fetch(hub, app)
+        fetch_to_end(hub, app)
         wait_until(lambda: open_counts(pg_url)["done"] >= 200, timeout=60, what="200 done")
         proxy.stop()
         time.sleep(30)
@@ -268,7 +268,7 @@ def test_5_one_percent_poisoned_then_fixed_and_requeued(
         running.start_beat()
         running.wait_ready()
         started = time.monotonic()
-        fetch(hub, app)
+        fetch_to_end(hub, app)
         wait_until(lambda: settled(pg_url), timeout=180, what="settled")
         first = compare(pg_url, pg_url, source, started, tmp_path)
         letters = queue.list_dead(pg_url, limit=100)
@@ -313,7 +313,7 @@ def test_6_duplicate_delivery_storm(
         started = time.monotonic()
         storm.install()
         try:
-            fetch(hub, app)
+            fetch_to_end(hub, app)
         finally:
             storm.uninstall()
         wait_until(lambda: settled(pg_url), timeout=180, what="settled")

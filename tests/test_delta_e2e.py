@@ -144,7 +144,8 @@ def test_fetch_killed_mid_paging_resumes_from_its_checkpoint(
             demo,
             pg_url,
             redis_url,
-            None,
+            # rows whose publish died with the fetch are republished once 6 s overdue
+            {"IHUB_RECONCILE_AFTER": "6"},
             source__pagination={**KEYSET, "limit": 5},
             source__delta={"param": "updated_since", "lookback": 0},
         )

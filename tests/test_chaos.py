@@ -317,6 +317,8 @@ def test_6_duplicate_delivery_storm(
         finally:
             storm.uninstall()
         wait_until(lambda: settled(pg_url), timeout=180, what="settled")
+        # a record is done at its first copy; the second may still be on its way
+        wait_until(lambda: executions(tmp_path) >= 2000, timeout=120, what="every copy delivered")
         figures = compare(pg_url, pg_url, source, started, tmp_path)
     writes, runs = write_stats(pg_url), executions(tmp_path)
     report("6 duplicate storm", {**figures, "sink_writes": writes["writes"], "task_runs": runs})

@@ -8,14 +8,12 @@ which take the per-record path (``models.queue``) and end on their own.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from datetime import timedelta
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from models import rollups
-from models.queue import CLAIMED, OPEN, Claim, S
+from models.queue import CLAIMED, Claim, S
 from models.schema import StagedRecord
 from models.values import utcnow
 
@@ -51,26 +49,3 @@ def claim_many(
         )
         for row in session.execute(statement)
     ]
-
-
-def mark_done_many(session: Session, row_ids: list[int], duration_ms: float) -> int:
-    """``mark_done_in`` for a chunk written together (each gets the chunk's mean time),
-    counted in the minute's rollups."""
-    now = utcnow()
-    done = session.scalars(
-        update(StagedRecord)
-        .where(StagedRecord.id.in_(row_ids), StagedRecord.status.in_(OPEN))
-        .values(
-            status=S.DONE,
-            finished_at=now,
-            duration_ms=duration_ms,
-            due_at=None,
-            last_error=None,
-            error_class=None,
-        )
-        .returning(StagedRecord.integration)
-        .execution_options(synchronize_session=False)
-    ).all()
-    for integration, n in Counter(done).items():
-        rollups.add(session, integration, done=n, durations_ms=[duration_ms] * n, at=now)
-    return len(done)

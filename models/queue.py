@@ -7,6 +7,7 @@ finished record backwards: ``done`` is final, ``dead`` leaves only by an explici
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -158,10 +159,17 @@ def mark_done(database_url: str, row_id: int, duration_ms: float) -> None:
 def mark_done_in(session: Session, row_id: int, duration_ms: float) -> bool:
     """``mark_done`` inside the caller's transaction, counted in the minute's rollup; False
     when the row was not open."""
+    return mark_done_many(session, [row_id], duration_ms) == 1
+
+
+def mark_done_many(session: Session, row_ids: list[int], duration_ms: float) -> int:
+    """Mark the open rows among ``row_ids`` done in the caller's transaction (each with
+    ``duration_ms``: a chunk written together shares its mean), counted in the minute's
+    rollups; how many were open."""
     now = utcnow()
-    integration = session.scalar(
+    done = session.scalars(
         update(StagedRecord)
-        .where(StagedRecord.id == row_id, StagedRecord.status.in_(OPEN))
+        .where(StagedRecord.id.in_(row_ids), StagedRecord.status.in_(OPEN))
         .values(
             status=S.DONE,
             finished_at=now,
@@ -172,11 +180,10 @@ def mark_done_in(session: Session, row_id: int, duration_ms: float) -> bool:
         )
         .returning(StagedRecord.integration)
         .execution_options(synchronize_session=False)
-    )
-    if integration is None:
-        return False
-    rollups.add(session, integration, done=1, durations_ms=[duration_ms], at=now)
-    return True
+    ).all()
+    for integration, n in Counter(done).items():
+        rollups.add(session, integration, done=n, durations_ms=[duration_ms] * n, at=now)
+    return len(done)
 
 
 def mark_retrying(database_url: str, row_id: int, error: BaseException, due_at: datetime) -> bool:

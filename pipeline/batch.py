@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from models import chunks
+from models import chunks, queue
 from models.db import session_scope
 from pipeline import sync, transform
 from pipeline.delta import is_deletion
@@ -101,7 +101,7 @@ def _write_chunk(hub: Hub, row_ids: list[int], delivery: sync.Delivery) -> list[
             sink.upsert_many(records, connection=connection)
         ids = [claim.row_id for claim in claims]
         each_ms = (time.perf_counter() - started) * 1000 / len(ids)
-        chunks.mark_done_many(session, ids, each_ms)
+        queue.mark_done_many(session, ids, each_ms)
         return ids
 
 

@@ -325,16 +325,6 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(raw: str) -> Any:
-        value = kind(raw)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {raw}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python bench/e2e.py",

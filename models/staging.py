@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from models import deadletters
+from models import deadletters, staging_pg
 from models.db import dialect_insert
 from models.schema import LatestRecord, RecordStatus, StagedRecord
 from models.storable import storable_id, storable_payload, storable_text
@@ -37,56 +37,83 @@ def stage(
     refresh stages every record again); the new row ids, to publish.
 
     A few statements per page, whatever its size and the records' history: one read of
-    ``ihub_latest`` (one row per record), one multi-row insert, one multi-row upsert of
-    ``ihub_latest``.
+    ``ihub_latest`` (one row per record), one multi-row insert (``COPY`` on Postgres), one
+    multi-row upsert of ``ihub_latest``.
     """
     page = {r.id: r for r in records}  # a repeated id in one page: the last one is current
-    latest = {} if force else _latest_staged(session, integration, list(page))
-    due, now = utcnow() + timedelta(seconds=due_in), utcnow()
-    rows = []
+    postgres = session.get_bind().dialect.name == "postgresql"
+    cur = staging_pg.cursor(session) if postgres else None
+    if force:
+        latest: dict[str, tuple[str, str]] = {}
+    elif cur is not None:
+        latest = staging_pg.latest_staged(cur, integration, list(page))
+    else:
+        latest = _latest_staged(session, integration, list(page))
+    rows = []  # (record id, version, digest, payload) of each record to stage
     for record in page.values():
         payload = json.dumps(record.payload, sort_keys=True, default=str)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
-        if latest.get(record.id) == (record.version, digest):
-            continue
-        rows.append(
-            {
-                "integration": integration,
-                "record_id": record.id,
-                "version": record.version,
-                "digest": digest,
-                "payload": payload,
-                "status": S.PENDING,
-                "attempts": 0,
-                "deliveries": 0,
-                "fetch_run_id": run_id,
-                "due_at": due,
-                "created_at": now,
-            }
-        )
+        if latest.get(record.id) != (record.version, digest):
+            rows.append((record.id, record.version, digest, payload))
     if not rows:
         return []
-    # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs
-    # ("insertmanyvalues") from one cached statement, ids in the order of ``rows``
-    # Core, not the ORM's bulk path: the ORM collects every row's attributes in Python first
-    # (measured: a third of a page's staging time)
-    table = StagedRecord.__table__
-    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    ids = list(session.scalars(statement, rows))
-    _remember_latest(session, rows, ids)
+    now = utcnow()
+    due = now + timedelta(seconds=due_in)
+    if cur is not None:
+        ids = staging_pg.insert_rows(cur, integration, run_id, rows, due=due, now=now)
+        staging_pg.remember_latest(cur, integration, rows, ids)
+    else:
+        ids = _insert_rows(session, integration, run_id, rows, due=due, now=now)
+        _remember_latest(session, integration, rows, ids)
     return sorted(ids)
 
 
-def _remember_latest(session: Session, rows: list[dict[str, Any]], ids: list[int]) -> None:
+def _insert_rows(
+    session: Session,
+    integration: str,
+    run_id: int | None,
+    rows: list[tuple[str, str, str, str]],
+    *,
+    due: datetime,
+    now: datetime,
+) -> list[int]:
+    """Elsewhere than Postgres: executemany with RETURNING, which SQLAlchemy batches into
+    multi-row INSERTs ("insertmanyvalues") from one cached statement, ids in the order of
+    ``rows``. Core, not the ORM's bulk path: the ORM collects every row's attributes in Python
+    first (measured: a third of a page's staging time)."""
     values = [
         {
-            "integration": row["integration"],
-            "record_id": row["record_id"],
-            "version": row["version"],
-            "digest": row["digest"],
+            "integration": integration,
+            "record_id": record_id,
+            "version": version,
+            "digest": digest,
+            "payload": payload,
+            "status": S.PENDING,
+            "attempts": 0,
+            "deliveries": 0,
+            "fetch_run_id": run_id,
+            "due_at": due,
+            "created_at": now,
+        }
+        for record_id, version, digest, payload in rows
+    ]
+    table = StagedRecord.__table__
+    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    return list(session.scalars(statement, values))
+
+
+def _remember_latest(
+    session: Session, integration: str, rows: list[tuple[str, str, str, str]], ids: list[int]
+) -> None:
+    values = [
+        {
+            "integration": integration,
+            "record_id": record_id,
+            "version": version,
+            "digest": digest,
             "row_id": row_id,
         }
-        for row, row_id in zip(rows, ids, strict=True)
+        for (record_id, version, digest, _), row_id in zip(rows, ids, strict=True)
     ]
     upsert = dialect_insert(session, LatestRecord.__table__)
     statement = upsert.on_conflict_do_update(
@@ -94,7 +121,7 @@ def _remember_latest(session: Session, rows: list[dict[str, Any]], ids: list[int
         set_={k: upsert.excluded[k] for k in ("version", "digest", "row_id")},
     )
     # RETURNING makes SQLAlchemy batch the rows into multi-row statements ("insertmanyvalues");
-    # without it psycopg2's executemany sends one statement per row (measured: 80 % of a page)
+    # without it the driver's executemany sends one statement per row (measured: 80 % of a page)
     session.execute(statement.returning(upsert.table.c.row_id), values).all()
 
 

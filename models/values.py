@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 
 def utcnow() -> datetime:
@@ -17,7 +18,8 @@ def utcnow() -> datetime:
 
 def version_string(moment: datetime) -> str:
     """The sortable text form used as a record's version and in the watermark."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: the same text, several times faster (two calls per record)
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def from_version_string(text: str) -> datetime:
@@ -51,6 +53,6 @@ class SourceRecord:
     def key(self) -> Watermark:
         return Watermark(self.updated, self.id)
 
-    @property
+    @cached_property
     def version(self) -> str:
         return version_string(self.updated)

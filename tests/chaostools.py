@@ -200,8 +200,18 @@ def cluster(env: dict[str, str], log_dir: Path) -> Iterator[Cluster]:
     running = Cluster(env, log_dir)
     try:
         yield running
+    except BaseException:
+        running.stop()
+        print_log_tails(log_dir)  # pytest shows it with the failure: what each process did last
+        raise
     finally:
         running.stop()
+
+
+def print_log_tails(log_dir: Path, lines: int = 40) -> None:
+    for path in sorted(log_dir.glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        print(f"----- {path.name} (last {len(tail)} lines)", *tail, sep="\n")
 
 
 def chaos_env(**settings: float | str) -> dict[str, str]:
@@ -266,15 +276,23 @@ def takeovers(url: str) -> int:
 
 
 def wait_until(
-    condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = ""
+    condition: Callable[[], Any],
+    *,
+    timeout: float,
+    interval: float = 0.5,
+    what: str = "",
+    state: Callable[[], Any] | None = None,
 ) -> Any:
+    """``condition()`` once it is true; TimeoutError after ``timeout`` s, naming ``what`` and,
+    when given, ``state()`` then (what the wait saw last)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout:.0f}s: {what}")
+            seen = f"; {state()}" if state is not None else ""
+            raise TimeoutError(f"not within {timeout:.0f}s: {what}{seen}")
         time.sleep(interval)
 
 

@@ -151,7 +151,12 @@ def test_2_redis_restart_loses_queued_and_retrying_tasks(
             time.sleep(2)
             redis_server.start()
             proxy.start()
-            wait_until(lambda: settled(pg_url), timeout=240, what="settled")
+            wait_until(
+                lambda: settled(pg_url),
+                timeout=240,
+                what="settled",
+                state=lambda: open_counts(pg_url),
+            )
             figures = compare(pg_url, target_url, source, started, tmp_path)
     finally:
         redis_server.kill()
@@ -238,7 +243,9 @@ def test_4_target_down_for_30_seconds(
         time.sleep(30)
         during = open_counts(pg_url)
         proxy.start()
-        wait_until(lambda: settled(pg_url), timeout=180, what="settled")
+        wait_until(
+            lambda: settled(pg_url), timeout=180, what="settled", state=lambda: open_counts(pg_url)
+        )
         figures = compare(pg_url, target_url, source, started, tmp_path)
     report("4 target down 30 s", figures)
     assert during["retrying"] > 0 and during["dead"] == 0
@@ -269,7 +276,9 @@ def test_5_one_percent_poisoned_then_fixed_and_requeued(
         running.wait_ready()
         started = time.monotonic()
         fetch_to_end(hub, app)
-        wait_until(lambda: settled(pg_url), timeout=180, what="settled")
+        wait_until(
+            lambda: settled(pg_url), timeout=180, what="settled", state=lambda: open_counts(pg_url)
+        )
         first = compare(pg_url, pg_url, source, started, tmp_path)
         letters = queue.list_dead(pg_url, limit=100)
         assert {d["record_id"] for d in letters} == poisoned
@@ -316,7 +325,9 @@ def test_6_duplicate_delivery_storm(
             fetch_to_end(hub, app)
         finally:
             storm.uninstall()
-        wait_until(lambda: settled(pg_url), timeout=180, what="settled")
+        wait_until(
+            lambda: settled(pg_url), timeout=180, what="settled", state=lambda: open_counts(pg_url)
+        )
         # a record is done at its first copy; the second may still be on its way
         wait_until(lambda: executions(tmp_path) >= 2000, timeout=120, what="every copy delivered")
         figures = compare(pg_url, pg_url, source, started, tmp_path)

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 RECORDS = int(os.environ.get("IHUB_ITSM_RECORDS", "2000"))
 REJECTED_SHARE = 0.01
-OUTAGE_SECONDS = 15.0
+OUTAGE_SECONDS = 20.0
 MESSAGE = "Mandatory field missing: short_description"
 
 
@@ -97,7 +97,7 @@ def test_servicenow_target_gets_every_valid_record_once_despite_lost_answers_and
     tmp_path: Path, monkeypatch, pg_url: str, redis_url: str, source, target
 ) -> None:
     """RECORDS records into a target losing 5 % of answers after commit, throttling with 429,
-    rejecting 1 % for a mandatory field and down for 15 s, while the source changes: each valid
+    rejecting 1 % for a mandatory field and down for 20 s, while the source changes: each valid
     record once by correlation id at its latest version, the rejected dead with the target's
     message, and all home after the rule is relaxed and they are requeued."""
     source.seed(RECORDS)

@@ -23,19 +23,20 @@ def claim_many(
 ) -> list[Claim]:
     """Claim the rows of a chunk that wait (pending or retrying) in one statement, inside the
     caller's transaction; a row another task holds, or that is finished, is left out."""
-    now = utcnow()
+    now, table = utcnow(), StagedRecord.__table__
+    # Core on the table, not the ORM's bulk UPDATE: the same SQL, without the ORM's per-call
+    # machinery (measured: a third of the chunk's claim time)
     statement = (
-        update(StagedRecord)
-        .where(StagedRecord.id.in_(row_ids), StagedRecord.status.in_((S.PENDING, S.RETRYING)))
+        update(table)
+        .where(table.c.id.in_(row_ids), table.c.status.in_((S.PENDING, S.RETRYING)))
         .values(
             status=S.PROCESSING,
-            attempts=StagedRecord.attempts + 1,
+            attempts=table.c.attempts + 1,
             claim_token=token,
             started_at=now,
             due_at=now + timedelta(seconds=deadline),
         )
-        .returning(*CLAIMED)
-        .execution_options(synchronize_session=False)
+        .returning(*(table.c[column.key] for column in CLAIMED))
     )
     return [
         Claim(

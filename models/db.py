@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,9 +12,12 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[tuple[int, str], Engine] = {}
+_sessions: dict[tuple[int, str], sessionmaker[Session]] = {}
+PING_AFTER_IDLE = 1.0  # seconds
 
 
 def get_engine(url: str) -> Engine:
@@ -30,6 +35,7 @@ def dispose_all() -> None:
     for engine in list(_engines.values()):
         engine.dispose(close=False)
     _engines.clear()
+    _sessions.clear()
 
 
 def normalize_url(url: str) -> str:
@@ -44,13 +50,38 @@ def _create(url: str) -> Engine:
     parsed = make_url(normalize_url(url))
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database)
-    return create_engine(
+    engine = create_engine(
         parsed,
-        pool_pre_ping=True,
         pool_size=5,
         max_overflow=5,
         connect_args=_pg_connect_args(parsed.get_backend_name()),
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use when it sat idle for ``PING_AFTER_IDLE`` seconds
+    (a restarted server has closed it), not at every checkout as ``pool_pre_ping`` does: a
+    worker checks out twice per record, back to back, and each ping is a round trip (measured:
+    a third of the statements a record costs). A connection that dies between two back-to-back
+    uses fails its statement as a disconnect, which invalidates the whole pool; the task
+    retries on its database-outage budget."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return
+        try:
+            with contextlib.closing(dbapi_connection.cursor()) as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:  # the pool discards it and checks out another (up to 3 times)
+            raise DisconnectionError(str(exc)) from exc
 
 
 def _pg_connect_args(backend: str) -> dict[str, Any]:
@@ -100,6 +131,9 @@ def is_sqlite(engine: Engine) -> bool:
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """One transaction: committed when the block ends, rolled back on any error."""
-    factory = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    key = (os.getpid(), url)
+    factory = _sessions.get(key)
+    if factory is None:
+        factory = _sessions[key] = sessionmaker(bind=get_engine(url), expire_on_commit=False)
     with factory() as session, session.begin():
         yield session

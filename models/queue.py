@@ -166,10 +166,10 @@ def mark_done_many(session: Session, row_ids: list[int], duration_ms: float) -> 
     """Mark the open rows among ``row_ids`` done in the caller's transaction (each with
     ``duration_ms``: a chunk written together shares its mean), counted in the minute's
     rollups; how many were open."""
-    now = utcnow()
+    now, table = utcnow(), StagedRecord.__table__
     done = session.scalars(
-        update(StagedRecord)
-        .where(StagedRecord.id.in_(row_ids), StagedRecord.status.in_(OPEN))
+        update(table)  # Core, not the ORM's bulk UPDATE: see chunks.claim_many
+        .where(table.c.id.in_(row_ids), table.c.status.in_(OPEN))
         .values(
             status=S.DONE,
             finished_at=now,
@@ -178,8 +178,7 @@ def mark_done_many(session: Session, row_ids: list[int], duration_ms: float) -> 
             last_error=None,
             error_class=None,
         )
-        .returning(StagedRecord.integration)
-        .execution_options(synchronize_session=False)
+        .returning(table.c.integration)
     ).all()
     for integration, n in Counter(done).items():
         rollups.add(session, integration, done=n, durations_ms=[duration_ms] * n, at=now)

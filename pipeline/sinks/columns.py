@@ -15,6 +15,7 @@ field past ``max_columns`` claimed columns, goes into the one JSON column ``_ihu
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass, field
@@ -29,9 +30,11 @@ EXTRA_COLUMN = "_ihub_extra"
 COLUMNS_TABLE = "_ihub_columns"
 MAX_IDENTIFIER = 63
 DEFAULT_MAX_COLUMNS = 200
+MAX_PLANS = 1024  # layouts remembered per table, by the record's field names
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
+@functools.lru_cache(maxsize=4096)
 def column_name(name: object) -> str:
     """The column a field name reduces to (before any collision check)."""
     return _UNSAFE.sub("_", str(name))[:MAX_IDENTIFIER] or "_"
@@ -79,6 +82,7 @@ class ColumnMap:
         self.engine, self.table, self.key, self.max_columns = engine, table, key, max_columns
         self._owners: dict[str, tuple[str, str]] = {}  # folded column -> (column, field)
         self._past_cap: set[str] = set()  # fields that found no room: never asked again
+        self._plans: dict[tuple[str, ...], tuple[str | None, ...]] = {}
         self._lock = threading.Lock()
         self._meta = Table(
             COLUMNS_TABLE,
@@ -92,21 +96,31 @@ class ColumnMap:
 
     def layout(self, record: dict[str, Any]) -> Layout:
         """Columns for each field of ``record`` (claiming new ones), or a PermanentError."""
-        names = [str(k) for k in record]
-        check_collisions(names)
+        names = tuple(str(k) for k in record)
+        plan = self._plans.get(names)
+        if plan is None:
+            plan = self._plan(names)
+            if len(self._plans) < MAX_PLANS:
+                self._plans[names] = plan
+        layout = Layout()
+        for name, owned, value in zip(names, plan, record.values(), strict=True):
+            if owned is None:
+                layout.extra[name] = value
+            else:
+                layout.columns[owned] = value
+        return layout
+
+    def _plan(self, names: tuple[str, ...]) -> tuple[str | None, ...]:
+        """The column of each of ``names`` (None: into ``_ihub_extra``), claiming new ones.
+        Claims are never taken back, so a plan stays true for every record with these fields
+        in this order (most records of a source: they are kept, by field names)."""
+        check_collisions(list(names))
         with self._lock:
             wanted = [n for n in names if not self._overflows(n)]
             if any(self._lookup(n) is None for n in wanted):
                 self._claim(wanted)
                 self._past_cap.update(n for n in wanted if self._lookup(n) is None)
-            layout = Layout()
-            for name, value in zip(names, record.values(), strict=True):
-                owned = None if self._overflows(name) else self._lookup(name)
-                if owned is None:
-                    layout.extra[name] = value
-                else:
-                    layout.columns[owned] = value
-            return layout
+            return tuple(None if self._overflows(n) else self._lookup(n) for n in names)
 
     def _overflows(self, name: str) -> bool:
         return name in self._past_cap or reserved(column_name(name))

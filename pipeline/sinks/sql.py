@@ -139,8 +139,11 @@ class SqlSink:
             changed = 0
             table = self._ensure(_union(groups))
             for rows in groups.values():
-                result = connection.execute(self._statement_for(table, rows[0]), rows)
-                changed += max(result.rowcount, 0)
+                # RETURNING makes SQLAlchemy send multi-row statements ("insertmanyvalues");
+                # without it psycopg2's executemany sends one statement per row (measured:
+                # 45 % of a 500-row chunk); a row the version guard kept returns nothing
+                statement = self._statement_for(table, rows[0]).returning(table.c[self.key])
+                changed += len(connection.execute(statement, rows).all())
         return changed
 
     def delete(

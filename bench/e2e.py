@@ -38,6 +38,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import dlt_merge, execute_values_upsert, noop_ceiling
 from parts import REPO, BenchError, Deadline, Workers, figures, rss_mb, say, summary
+from source_process import SourceProcess
 
 from models.db import normalize_url
 
@@ -75,13 +76,13 @@ class Bench:
     # -- setup ------------------------------------------------------------------------------
 
     def setup(self) -> dict[str, str]:
-        from ihub.demo.source import DemoSource, DemoSourceOptions
+        from ihub.demo.options import DemoSourceOptions
 
         self._claim_redis_db()
         self._create_database()
         self.redis.flushdb()
         say(f"redis:      {_safe(self.args.redis)} (flushed)")
-        self.source = DemoSource(DemoSourceOptions(page_size_max=1000)).start()
+        self.source = SourceProcess(DemoSourceOptions(page_size_max=1000)).start()
         self.source.seed(self.args.records)
         say(f"source:     {self.source.records_url} ({self.args.records} records)")
         self._write_config()

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from models import deadletters, rollups
-from models.db import session_scope
+from models import deadletters, finishing, rollups
+from models.db import get_engine, is_sqlite, session_scope
 from models.redaction import redact
 from models.schema import RecordStatus, StagedRecord
 from models.staging import stage as stage  # re-exported: callers stage through the queue
@@ -74,26 +74,56 @@ def claim(
     counted, so a record that kills its worker every time can be dead-lettered instead of
     looping (PITFALLS 5); our own retry after a database outage is not.
     """
+    engine = get_engine(database_url)
+    if not is_sqlite(engine):  # the common case, a waiting row, first and on its own
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            waiting = _claim_waiting(connection, row_id, deadline=deadline, token=token)
+        if waiting is not None:
+            return waiting
     with session_scope(database_url) as session:
         return claim_in(session, row_id, deadline=deadline, token=token, redelivered=redelivered)
 
 
+_TABLE = StagedRecord.__table__
 _CLAIM_WAITING = (
-    update(StagedRecord)
-    .where(
-        StagedRecord.id == bindparam("row_id"),
-        StagedRecord.status.in_((S.PENDING, S.RETRYING)),
-    )
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("row_id"), _TABLE.c.status.in_((S.PENDING, S.RETRYING)))
     .values(
         status=S.PROCESSING,
-        attempts=StagedRecord.attempts + 1,
+        attempts=_TABLE.c.attempts + 1,
         claim_token=bindparam("token"),
         started_at=bindparam("now"),
         due_at=bindparam("due"),
     )
-    .returning(*CLAIMED)
-    .execution_options(synchronize_session=False)
+    .returning(*(_TABLE.c[column.key] for column in CLAIMED))
 )
+
+
+def _claim_waiting(
+    connection: Session | Connection, row_id: int, *, deadline: float, token: str | None
+) -> Claim | None:
+    """Claim a row that waits (pending or retrying): one UPDATE ... RETURNING. On its own,
+    in autocommit, it is one round trip, not three (BEGIN, UPDATE, COMMIT): measured, the
+    claim went from a tenth to a twentieth of a record's time on a quiet machine."""
+    now = utcnow()
+    params = {
+        "row_id": row_id,
+        "token": token,
+        "now": now,
+        "due": now + timedelta(seconds=deadline),
+    }
+    row = connection.execute(_CLAIM_WAITING, params).first()
+    if row is None:
+        return None
+    return Claim(
+        row.id,
+        row.integration,
+        row.record_id,
+        row.version,
+        json.loads(row.payload),
+        row.attempts,
+        row.deliveries,
+    )
 
 
 def claim_in(
@@ -108,21 +138,9 @@ def claim_in(
 
     The common case, a row that waits (pending or retrying), is one UPDATE ... RETURNING;
     a row held or finished takes the locking read below, which judges the lease."""
-    now = utcnow()
-    waiting = session.execute(
-        _CLAIM_WAITING,
-        {"row_id": row_id, "token": token, "now": now, "due": now + timedelta(seconds=deadline)},
-    ).first()
+    waiting = _claim_waiting(session, row_id, deadline=deadline, token=token)
     if waiting is not None:
-        return Claim(
-            waiting.id,
-            waiting.integration,
-            waiting.record_id,
-            waiting.version,
-            json.loads(waiting.payload),
-            waiting.attempts,
-            waiting.deliveries,
-        )
+        return waiting
     row = session.scalars(
         select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
     ).first()
@@ -167,6 +185,8 @@ def mark_done_many(session: Session, row_ids: list[int], duration_ms: float) -> 
     ``duration_ms``: a chunk written together shares its mean), counted in the minute's
     rollups; how many were open."""
     now, table = utcnow(), StagedRecord.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        return finishing.mark_done(session, row_ids, duration_ms, now)
     done = session.scalars(
         update(table)  # Core, not the ORM's bulk UPDATE: see chunks.claim_many
         .where(table.c.id.in_(row_ids), table.c.status.in_(OPEN))

@@ -5,6 +5,7 @@ write that changed a row (so a duplicate *effect* can be counted, not only dupli
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -49,15 +50,29 @@ class TcpProxy:
         self._lock = threading.Lock()
 
     def start(self) -> TcpProxy:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener = self._bind()
         listener.listen(128)
         listener.settimeout(0.2)
         self.port = listener.getsockname()[1]
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         return self
+
+    def _bind(self, timeout: float = 30.0) -> socket.socket:
+        """A listener on our port. Restarted, the port can stay taken for a moment: a cut
+        connection whose client has not closed its end yet still holds it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                listener.bind(("127.0.0.1", self.port))
+                return listener
+            except OSError as exc:
+                listener.close()
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
 
     def stop(self) -> None:
         listener, self._listener = self._listener, None

@@ -45,7 +45,7 @@ from models.db import normalize_url
 DEMO_CONFIG = REPO / "ihub" / "demo" / "demo.yaml"
 MODES = {"per-record": "incidents", "batched": "incidents_batched"}
 PROGRESS_EVERY = 2.0
-POLL_EVERY = 0.1
+POLL_EVERY = 0.02
 
 
 class _FetchTimeout(BaseException):

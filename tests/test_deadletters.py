@@ -4,6 +4,7 @@ policy, the CLI, fix-and-replay through the transform, the dashboard's action li
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -217,13 +218,18 @@ def test_schedule_runs_redrive_only_when_enabled() -> None:
 
 
 @pytest.fixture
-def cli_env(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def cli_env(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[int]]:
     monkeypatch.setenv("IHUB_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("IHUB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("IHUB_ACTOR", "grace@ops")
     published: list[int] = []
     monkeypatch.setattr("tasks.records.publish_records", lambda app, ids: published.extend(ids))
-    return published
+    yield published
+    from tasks.broker import stop_embedded
+
+    stop_embedded(tmp_path / "home")  # a requeue started the embedded broker: no daemon left
 
 
 def cli(*args: str) -> Any:

@@ -1,0 +1,169 @@
+"""ihub's own stages in one process, without Celery workers: what an optimisation changed.
+
+    python bench/stages.py [--records 10000] [--page-limit 500] [--repo PATH]
+
+On a database of its own (created and dropped on ``--pg``): (1) the fetch of the demo source,
+pages staged and checkpointed, each page published as batch tasks to ``--redis`` (flushed;
+nothing consumes them); (2) ``sync.process_record`` on rows one at a time into a table of the
+same Postgres; (3) ``batch.process_batch`` on chunks of 500. It counts the statements each
+sends. ``--repo`` runs the same measurements on another checkout of ihub (say, a
+``git worktree`` of an earlier commit), so before and after are measured in one sitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    sys.path.insert(0, str(Path(args.repo).resolve()))
+    lock, key = _claim(args.redis)
+    try:
+        found = _run(args)
+    finally:
+        lock.delete(key)
+    print(json.dumps(found))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    import redis
+    import yaml
+    from sqlalchemy import create_engine, event, text
+
+    from ihub.demo.source import DemoSource, DemoSourceOptions
+
+    name = f"ihub_stages_{secrets.token_hex(4)}"
+    admin = create_engine(_psycopg2(args.pg), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = args.pg.rsplit("/", 1)[0] + f"/{name}"
+    source = DemoSource(DemoSourceOptions(page_size_max=1000)).start()
+    try:
+        source.seed(args.records)
+        home = Path(tempfile.mkdtemp(prefix="ihub-stages-"))
+        config = yaml.safe_load((Path(args.repo) / "ihub" / "demo" / "demo.yaml").read_text())
+        integration = config["integrations"]["incidents"]
+        integration["source"]["pagination"]["limit"] = args.page_limit
+        integration.update(fetch={"max_pages": 1_000_000}, mode="batched", batch_size=500)
+        (home / "integrations.yaml").write_text(
+            yaml.safe_dump({"integrations": {"incidents": integration}})
+        )
+        redis.Redis.from_url(args.redis).flushdb()
+        os.environ.update(
+            IHUB_HOME=str(home),
+            IHUB_CONFIG=str(home / "integrations.yaml"),
+            IHUB_DATABASE_URL=url,
+            IHUB_BROKER_URL=args.redis,
+            IHUB_SECRET_KEY=secrets.token_urlsafe(32),
+            IHUB_DEMO_URL=source.url,
+            IHUB_DEMO_SECRET=source.options.client_secret,
+        )
+        from models.db import get_engine
+        from models.migrate import upgrade
+
+        upgrade(url)
+        statements = [0]
+        event.listen(
+            get_engine(url),
+            "before_cursor_execute",
+            lambda *_: statements.__setitem__(0, statements[0] + 1),
+        )
+        found = _measure(args.records, statements)
+    finally:
+        source.stop()
+        from models.db import dispose_all
+
+        dispose_all()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        redis.Redis.from_url(args.redis).flushdb()
+    return found
+
+
+def _measure(records: int, statements: list[int]) -> dict[str, Any]:
+    from pipeline import batch, sync
+    from pipeline.hub import Hub
+    from tasks.app import get_app
+    from tasks.records import publisher
+
+    hub = Hub.from_env()
+    publish = publisher(get_app(), hub, "incidents")
+    published: list[int] = []
+
+    def keep(row_ids: list[int]) -> None:
+        published.extend(row_ids)
+        publish(row_ids)
+
+    started = time.perf_counter()
+    result = sync.fetch_delta(hub, "incidents", keep, owner="bench")
+    fetch_s = time.perf_counter() - started
+    assert result.staged == records, result
+    rows = sorted(published)
+    half = len(rows) // 2
+    single, chunked = rows[:half], rows[half:]
+
+    statements[0], started = 0, time.perf_counter()
+    for row_id in single:
+        delivery = sync.Delivery(token=f"s{row_id}", redelivered=False)
+        assert sync.process_record(hub, row_id, delivery=delivery).status == "done"
+    single_s, single_statements = time.perf_counter() - started, statements[0]
+
+    statements[0], started = 0, time.perf_counter()
+    for start in range(0, len(chunked), 500):
+        chunk = chunked[start : start + 500]
+        delivery = sync.Delivery(token=f"b{start}", redelivered=False)
+        assert len(batch.process_batch(hub, chunk, delivery=delivery).done) == len(chunk)
+    batch_s, batch_statements = time.perf_counter() - started, statements[0]
+    chunks = (len(chunked) + 499) // 500
+    return {
+        "records": records,
+        "fetch_per_s": round(records / fetch_s),
+        "per_record_ms": round(single_s * 1000 / len(single), 2),
+        "per_record_statements": round(single_statements / len(single), 1),
+        "batched_per_s": round(len(chunked) / batch_s),
+        "batched_statements_per_chunk": round(batch_statements / chunks, 1),
+    }
+
+
+def _claim(url: str) -> tuple[Any, str]:
+    """The test suite's lock on this Redis database (as bench/e2e.py takes it): never flush a
+    database a test run is using."""
+    import redis
+
+    base, db = url.rsplit("/", 1)
+    if db in ("", "0"):
+        raise SystemExit("--redis must name a database other than 0 (it is FLUSHED)")
+    client, key = redis.Redis.from_url(f"{base}/0"), f"ihub-test-lock:{db}"
+    if not client.set(key, f"stages-{os.getpid()}", nx=True, ex=3600):
+        raise SystemExit(f"Redis db {db} is in use by a test run; pick another --redis db")
+    return client, key
+
+
+def _psycopg2(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python bench/stages.py", description=__doc__)
+    p.add_argument("--records", type=int, default=10000)
+    p.add_argument("--page-limit", type=int, default=500)
+    p.add_argument("--repo", default=str(HERE.parent), help="the ihub checkout to measure")
+    p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/13", help="FLUSHED before, after")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,6 +53,20 @@ class Claim:
     attempts: int
     crash_redeliveries: int
 
+    @classmethod
+    def of(cls, row: Any) -> Claim:
+        """The claim of a claimed row (a row of ``CLAIMED`` columns, or the mapped row)."""
+        payload = json.loads(row.payload)
+        return cls(
+            row.id,
+            row.integration,
+            row.record_id,
+            row.version,
+            payload,
+            row.attempts,
+            row.deliveries,
+        )
+
 
 def claim(
     database_url: str,
@@ -103,8 +117,8 @@ def _claim_waiting(
     connection: Session | Connection, row_id: int, *, deadline: float, token: str | None
 ) -> Claim | None:
     """Claim a row that waits (pending or retrying): one UPDATE ... RETURNING. On its own,
-    in autocommit, it is one round trip, not three (BEGIN, UPDATE, COMMIT): measured, the
-    claim went from a tenth to a twentieth of a record's time on a quiet machine."""
+    in autocommit, it is one round trip, not three (BEGIN, UPDATE, COMMIT); round trips are
+    most of a record's cost (bench/stages.py, bench/README.md)."""
     now = utcnow()
     params = {
         "row_id": row_id,
@@ -113,17 +127,7 @@ def _claim_waiting(
         "due": now + timedelta(seconds=deadline),
     }
     row = connection.execute(_CLAIM_WAITING, params).first()
-    if row is None:
-        return None
-    return Claim(
-        row.id,
-        row.integration,
-        row.record_id,
-        row.version,
-        json.loads(row.payload),
-        row.attempts,
-        row.deliveries,
-    )
+    return None if row is None else Claim.of(row)
 
 
 def claim_in(
@@ -158,15 +162,7 @@ def claim_in(
     row.status, row.attempts, row.claim_token = S.PROCESSING, row.attempts + 1, token
     row.started_at, row.due_at = now, now + timedelta(seconds=deadline)
     session.flush()
-    return Claim(
-        row.id,
-        row.integration,
-        row.record_id,
-        row.version,
-        json.loads(row.payload),
-        row.attempts,
-        row.deliveries,
-    )
+    return Claim.of(row)
 
 
 def mark_done(database_url: str, row_id: int, duration_ms: float) -> None:

@@ -6,8 +6,10 @@ digest), so the cost of a page follows the page, not the history of its records.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,31 +43,37 @@ def stage(
     multi-row upsert of ``ihub_latest``.
     """
     page = {r.id: r for r in records}  # a repeated id in one page: the last one is current
-    postgres = session.get_bind().dialect.name == "postgresql"
-    cur = staging_pg.cursor(session) if postgres else None
-    if force:
-        latest: dict[str, tuple[str, str]] = {}
-    elif cur is not None:
-        latest = staging_pg.latest_staged(cur, integration, list(page))
-    else:
-        latest = _latest_staged(session, integration, list(page))
-    rows = []  # (record id, version, digest, payload) of each record to stage
-    for record in page.values():
+    now = utcnow()
+    due = now + timedelta(seconds=due_in)
+    if session.get_bind().dialect.name == "postgresql":
+        with contextlib.closing(staging_pg.cursor(session)) as cur:
+            latest = {} if force else staging_pg.latest_staged(cur, integration, list(page))
+            rows = _changed(page.values(), latest)
+            if not rows:
+                return []
+            ids = staging_pg.insert_rows(cur, integration, run_id, rows, due=due, now=now)
+            staging_pg.remember_latest(cur, integration, rows, ids)
+            return sorted(ids)
+    latest = {} if force else _latest_staged(session, integration, list(page))
+    rows = _changed(page.values(), latest)
+    if not rows:
+        return []
+    ids = _insert_rows(session, integration, run_id, rows, due=due, now=now)
+    _remember_latest(session, integration, rows, ids)
+    return sorted(ids)
+
+
+def _changed(
+    records: Iterable[SourceRecord], latest: dict[str, tuple[str, str]]
+) -> list[tuple[str, str, str, str]]:
+    """(record id, version, digest, payload) of each record whose latest staged row differs."""
+    rows = []
+    for record in records:
         payload = json.dumps(record.payload, sort_keys=True, default=str)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
         if latest.get(record.id) != (record.version, digest):
             rows.append((record.id, record.version, digest, payload))
-    if not rows:
-        return []
-    now = utcnow()
-    due = now + timedelta(seconds=due_in)
-    if cur is not None:
-        ids = staging_pg.insert_rows(cur, integration, run_id, rows, due=due, now=now)
-        staging_pg.remember_latest(cur, integration, rows, ids)
-    else:
-        ids = _insert_rows(session, integration, run_id, rows, due=due, now=now)
-        _remember_latest(session, integration, rows, ids)
-    return sorted(ids)
+    return rows
 
 
 def _insert_rows(

@@ -112,8 +112,9 @@ class ColumnMap:
 
     def _plan(self, names: tuple[str, ...]) -> tuple[str | None, ...]:
         """The column of each of ``names`` (None: into ``_ihub_extra``), claiming new ones.
-        Claims are never taken back, so a plan stays true for every record with these fields
-        in this order (most records of a source: they are kept, by field names)."""
+        Claims are never taken back, so a plan stays true for every later record with these
+        fields in this order; most records of a source share theirs, so a table plans a few
+        times, not once a record (measured: 40 % of a batched chunk's time before)."""
         check_collisions(list(names))
         with self._lock:
             wanted = [n for n in names if not self._overflows(n)]

@@ -141,7 +141,7 @@ class SqlSink:
             for rows in groups.values():
                 # RETURNING makes SQLAlchemy send multi-row statements ("insertmanyvalues");
                 # without it psycopg2's executemany sends one statement per row (measured:
-                # 45 % of a 500-row chunk); a row the version guard kept returns nothing
+                # a third of a 500-row chunk); a row the version guard kept returns nothing
                 statement = self._statement_for(table, rows[0]).returning(table.c[self.key])
                 changed += len(connection.execute(statement, rows).all())
         return changed

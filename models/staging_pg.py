@@ -1,4 +1,4 @@
-"""Staging on PostgreSQL: a page in three round trips, on the session's own connection.
+"""Staging on PostgreSQL: a page in four statements, on the session's own connection.
 
 ``COPY`` is the fastest way into a Postgres table (measured: about twice SQLAlchemy's
 multi-row ``INSERT ... RETURNING`` for a page of 1,000 records), but it returns nothing; the row
@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
+
+from models.schema import RecordStatus
 
 COLUMNS = (
     "id, integration, record_id, version, digest, payload, status, attempts, deliveries,"
@@ -56,7 +58,7 @@ def insert_rows(
     )
     ids = [row_id for (row_id,) in cur.fetchall()]
     run = NULL if run_id is None else str(run_id)
-    tail = f"pending\t0\t0\t{run}\t{due.isoformat()}\t{now.isoformat()}\n"
+    tail = f"{RecordStatus.PENDING}\t0\t0\t{run}\t{due.isoformat()}\t{now.isoformat()}\n"
     head = f"\t{_text(integration)}\t"
     buffer = io.StringIO()
     for row_id, (record_id, version, digest, payload) in zip(ids, rows, strict=True):

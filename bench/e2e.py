@@ -180,8 +180,8 @@ class Bench:
 
     def _load(self, app: Any, name: str, expected: int) -> dict[str, float]:
         """One fetch of ``name`` in this process, then wait until every staged row is done."""
-        from ihub.cli.runner import OPEN
         from models import queue
+        from models.schema import OPEN
         from pipeline import sync
         from pipeline.hub import Hub
         from tasks.records import publisher

@@ -8,16 +8,13 @@ Postgres runs both to completion in the caller's transaction all the same.
 from __future__ import annotations
 
 import functools
-import os
 from datetime import datetime
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.orm import Session
 
-from models.rollups import COUNTERS, SHARDS, bucket_column, minute_of
-from models.schema import RecordStatus
-
-_OPEN = (RecordStatus.PENDING, RecordStatus.PROCESSING, RecordStatus.RETRYING)
+from models.rollups import COUNTERS, bucket_column, minute_of, this_shard
+from models.schema import OPEN, RecordStatus
 
 
 def mark_done(session: Session, row_ids: list[int], duration_ms: float, now: datetime) -> int:
@@ -29,7 +26,7 @@ def mark_done(session: Session, row_ids: list[int], duration_ms: float, now: dat
         "now": now,
         "ms": duration_ms,
         "minute": minute_of(now),
-        "shard": os.getpid() % SHARDS,
+        "shard": this_shard(),
     }
     return int(session.execute(_statement(bucket), params).scalar_one())
 
@@ -37,7 +34,7 @@ def mark_done(session: Session, row_ids: list[int], duration_ms: float, now: dat
 @functools.cache
 def _statement(bucket: str) -> TextClause:
     """Built once per duration bucket: the counters are literals of the statement."""
-    open_states = ", ".join(f"'{state}'" for state in _OPEN)
+    open_states = ", ".join(f"'{state}'" for state in OPEN)
     counts = {name: "0" for name in COUNTERS}
     counts.update(done="n", duration_count="n", duration_sum_ms="n * :ms")
     counts[bucket] = "n"

@@ -18,13 +18,12 @@ from sqlalchemy.orm import Session
 from models import deadletters, finishing, rollups
 from models.db import get_engine, is_sqlite, session_scope
 from models.redaction import redact
-from models.schema import RecordStatus, StagedRecord
+from models.schema import OPEN, RecordStatus, StagedRecord
 from models.staging import stage as stage  # re-exported: callers stage through the queue
 from models.staging import stage_dead as stage_dead
 from models.values import utcnow
 
 S = RecordStatus
-OPEN = (S.PENDING, S.PROCESSING, S.RETRYING)
 CHUNK = 1000
 # what a claim hands the worker, in Claim's order
 CLAIMED = (
@@ -89,13 +88,17 @@ def claim(
     looping (PITFALLS 5); our own retry after a database outage is not.
     """
     engine = get_engine(database_url)
-    if not is_sqlite(engine):  # the common case, a waiting row, first and on its own
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            waiting = _claim_waiting(connection, row_id, deadline=deadline, token=token)
-        if waiting is not None:
-            return waiting
+    if is_sqlite(engine):  # one transaction: SQLite's BEGIN IMMEDIATE serialises writers
+        with session_scope(database_url) as session:
+            waiting = _claim_waiting(session, row_id, deadline=deadline, token=token)
+            return waiting or _claim_held(session, row_id, deadline, token, redelivered)
+    # the common case, a waiting row, first and on its own
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        waiting = _claim_waiting(connection, row_id, deadline=deadline, token=token)
+    if waiting is not None:
+        return waiting
     with session_scope(database_url) as session:
-        return claim_in(session, row_id, deadline=deadline, token=token, redelivered=redelivered)
+        return _claim_held(session, row_id, deadline, token, redelivered)
 
 
 _TABLE = StagedRecord.__table__
@@ -130,21 +133,11 @@ def _claim_waiting(
     return None if row is None else Claim.of(row)
 
 
-def claim_in(
-    session: Session,
-    row_id: int,
-    *,
-    deadline: float,
-    token: str | None = None,
-    redelivered: bool = True,
+def _claim_held(
+    session: Session, row_id: int, deadline: float, token: str | None, redelivered: bool
 ) -> Claim | None:
-    """``claim`` inside the caller's transaction (which may go on to write and finish the row).
-
-    The common case, a row that waits (pending or retrying), is one UPDATE ... RETURNING;
-    a row held or finished takes the locking read below, which judges the lease."""
-    waiting = _claim_waiting(session, row_id, deadline=deadline, token=token)
-    if waiting is not None:
-        return waiting
+    """A row that was not waiting: held (its lease judged, a crash counted) or finished, read
+    under a row lock; a row that began to wait since is claimed here too."""
     row = session.scalars(
         select(StagedRecord).where(StagedRecord.id == row_id).with_for_update()
     ).first()

@@ -31,6 +31,9 @@ class RecordStatus(enum.StrEnum):
     DEAD = "dead"
 
 
+OPEN = (RecordStatus.PENDING, RecordStatus.PROCESSING, RecordStatus.RETRYING)  # not finished
+
+
 class IntegrationStatus(enum.StrEnum):
     ACTIVE = "active"
     REAUTH_REQUIRED = "reauth_required"

@@ -212,15 +212,16 @@ class Cluster:
 
 @contextlib.contextmanager
 def cluster(env: dict[str, str], log_dir: Path) -> Iterator[Cluster]:
-    running = Cluster(env, log_dir)
+    running, failed = Cluster(env, log_dir), False
     try:
         yield running
     except BaseException:
-        running.stop()
-        print_log_tails(log_dir)  # pytest shows it with the failure: what each process did last
+        failed = True
         raise
     finally:
         running.stop()
+        if failed:  # pytest shows it with the failure: what each process did last
+            print_log_tails(log_dir)
 
 
 def print_log_tails(log_dir: Path, lines: int = 40) -> None:

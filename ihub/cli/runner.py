@@ -9,8 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from models import queue, runs
-
-OPEN = ("pending", "processing", "retrying")
+from models.schema import OPEN
 
 
 def celery_command(kind: str, extra: Sequence[str] = ()) -> list[str]:

@@ -60,7 +60,7 @@ class SqlSink:
         self._tombstones: Table | None = None
         self._columns: ColumnMap | None = None
         self._lock = threading.Lock()
-        self._statements: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._statements: dict[tuple[int, tuple[str, ...], bool], Any] = {}
 
     @property
     def engine(self) -> Engine:
@@ -142,7 +142,7 @@ class SqlSink:
                 # RETURNING makes SQLAlchemy send multi-row statements ("insertmanyvalues");
                 # without it psycopg2's executemany sends one statement per row (measured:
                 # a third of a 500-row chunk); a row the version guard kept returns nothing
-                statement = self._statement_for(table, rows[0]).returning(table.c[self.key])
+                statement = self._statement_for(table, rows[0], returning=True)
                 changed += len(connection.execute(statement, rows).all())
         return changed
 
@@ -250,13 +250,16 @@ class SqlSink:
         ).scalar()
         return found is not None and found >= version
 
-    def _statement_for(self, table: Table, row: dict[str, Any]) -> Any:
+    def _statement_for(self, table: Table, row: dict[str, Any], returning: bool = False) -> Any:
         """The version-guarded upsert of rows with ``row``'s columns (values bound later),
-        built once per table and set of columns."""
-        key = (id(table), tuple(row))
+        built once per table, set of columns and whether it returns the keys it wrote."""
+        key = (id(table), tuple(row), returning)
         statement = self._statements.get(key)
         if statement is None:
-            statement = self._statements[key] = self._build_statement(table, row)
+            statement = self._build_statement(table, row)
+            if returning:
+                statement = statement.returning(table.c[self.key])
+            self._statements[key] = statement
         return statement
 
     def _build_statement(self, table: Table, row: dict[str, Any]) -> Any:

@@ -174,9 +174,23 @@ class Bench:
             for record_id in ids:
                 self.source.update(record_id, priority=rng.randint(1, 4))
             found["delta"] = self._load(app, name, changed)
+            if a.versions > 1:
+                found["delta_after_versions"] = self._delta_after_versions(app, name, ids)
         found["rss_end"] = rss_mb(workers.pids)
         workers.stop()
         return found
+
+    def _delta_after_versions(self, app: Any, name: str, delta_ids: list[str]) -> dict[str, Any]:
+        """Every record changed and loaded ``--versions`` - 1 more times (each now has that
+        many staged versions), then the same 1 % delta again: history must not make it dearer."""
+        everyone = sorted(self.source.snapshot())
+        for version in range(2, self.args.versions + 1):
+            say(f"version {version} of every record")
+            self.source.update_many(everyone, priority=version % 4 + 1)
+            self._load(app, name, len(everyone))
+        for record_id in delta_ids:
+            self.source.update(record_id, state="closed")
+        return self._load(app, name, len(delta_ids))
 
     def _load(self, app: Any, name: str, expected: int) -> dict[str, float]:
         """One fetch of ``name`` in this process, then wait until every staged row is done."""
@@ -188,6 +202,7 @@ class Bench:
 
         hub = Hub.from_env()
         send = publisher(app, hub, name)
+        before = self._finished(name)
         started = time.monotonic()
 
         def publish(row_ids: list[int]) -> None:
@@ -207,10 +222,12 @@ class Bench:
         run_id = result.run_id
 
         def progress() -> tuple[bool, str]:
+            finished = self._finished(name) - before
+            line = f"  {name} {time.monotonic() - started:7.1f}s  finished={finished}/{expected}"
+            if finished < expected:
+                return False, line
             counts = queue.run_counts(self.db_url, run_id)
-            line = " ".join(f"{k}={v}" for k, v in counts.items())
-            elapsed = time.monotonic() - started
-            return not any(counts[s] for s in OPEN), f"  {name} {elapsed:7.1f}s  {line}"
+            return not any(counts[s] for s in OPEN), line
 
         done = self.wait(progress, f"waiting for every record of {name}")
         counts = queue.run_counts(self.db_url, run_id)
@@ -221,6 +238,17 @@ class Bench:
             raise BenchError(f"table {name} holds {rows} row(s), expected {self.args.records}")
         say(f"  {name}: {expected} done in {done - started:.1f}s (fetch {fetched - started:.1f}s)")
         return {"records": expected, "fetch_s": fetched - started, "e2e_s": done - started}
+
+    def _finished(self, name: str) -> int:
+        """Records of ``name`` done or dead so far, from the per-minute rollups: a few rows,
+        where counting ``ihub_records`` of the run scans every row it holds, 50 times a second,
+        on the cores the workers use."""
+        from models import rollups
+        from models.db import session_scope
+
+        with session_scope(self.db_url) as session:
+            found = rollups.totals(session, ["done", "dead"]).get(name, {})
+        return int(found.get("done", 0)) + int(found.get("dead", 0))
 
     def _count_rows(self, table: str) -> int:
         from models.db import get_engine
@@ -301,12 +329,13 @@ class Bench:
         env = self.setup()
         a, n = self.args, self.args.records
         modes = list(MODES) if a.mode == "both" else [a.mode]
-        ceiling = noop_ceiling(self, env, n, a.workers, a.concurrency, a.pool)
+        ceiling = noop_ceiling(self, env, a.ceiling_records or n, a.workers, a.concurrency, a.pool)
         loads = {m: self.run_mode(env, m, delta=m == modes[-1]) for m in modes}
         records = list(self.source.snapshot().values())
         upsert = execute_values_upsert(self.db_url, records, self.deadline)
         dlt = dlt_merge(self.source, self.db_url, self.source_token()) if a.dlt else None
-        return figures(n, ceiling, loads, upsert, dlt, modes[-1])
+        found = figures(n, ceiling, loads, upsert, dlt, modes[-1])
+        return {**found, "ceiling_records": a.ceiling_records or n, "versions": a.versions}
 
 
 def _safe(url: str) -> str:
@@ -350,6 +379,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--page-limit", type=_positive(int), default=500, help="records per page")
     p.add_argument("--timeout", type=_positive(float), default=1800.0, help="seconds, whole run")
     p.add_argument("--no-dlt", dest="dlt", action="store_false", help="skip dlt even if installed")
+    p.add_argument(
+        "--ceiling-records",
+        type=_positive(int),
+        help="no-op tasks for the ceiling (a rate; default --records): a 1M batched run "
+        "need not spend half an hour on it",
+    )
+    p.add_argument(
+        "--versions",
+        type=_positive(int),
+        default=1,
+        help="give every record this many staged versions, then time the 1 %% delta again",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir with worker logs")
     return p.parse_args(argv)
 

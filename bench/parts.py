@@ -160,6 +160,7 @@ def figures(
     per_record, batched = rate("per-record"), rate("batched")
     tail = loads[last]
     delta = tail["delta"]["e2e_s"] / tail["full"]["e2e_s"]
+    history = tail.get("delta_after_versions")
     return {
         "records": n,
         "ceiling_per_s": round(ceiling, 1),
@@ -173,6 +174,9 @@ def figures(
         "fetch_per_s": rate(last, "fetch_s"),
         "fetch_per_record_mode_per_s": rate("per-record", "fetch_s"),
         "delta_1pct_ratio": round(delta, 4),
+        "delta_1pct_ratio_after_versions": (
+            round(history["e2e_s"] / tail["full"]["e2e_s"], 4) if history else None
+        ),
         "worker_rss_start_mb": tail["rss_start"],
         "worker_rss_end_mb": tail["rss_end"],
         "delta_mode": last,
@@ -199,6 +203,7 @@ def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"fetch stage ({r['delta_mode']})         {cell(r['fetch_per_s'])}   "
         f"(per-record mode: {cell(r['fetch_per_record_mode_per_s'])})",
         f"1 % delta / full load              {r['delta_1pct_ratio']}",
+        f"  the same, after {args.versions} versions    {r['delta_1pct_ratio_after_versions']}",
         f"worker RSS start -> end            {r['worker_rss_start_mb']} -> "
         f"{r['worker_rss_end_mb']} MB",
     ]

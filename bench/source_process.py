@@ -29,6 +29,10 @@ def _serve(options: DemoSourceOptions, pipe: Connection) -> None:
         if method == "stop":
             break
         try:
+            if method == "update_many":  # one message for many updates, not one each
+                ids, fields = args[0], kwargs
+                pipe.send(("ok", [source.update(record_id, **fields) for record_id in ids][-1:]))
+                continue
             pipe.send(("ok", getattr(source, method)(*args, **kwargs)))
         except Exception as exc:
             pipe.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -66,6 +70,9 @@ class SourceProcess:
 
     def update(self, record_id: str, **fields: Any) -> dict[str, Any]:
         return self._call("update", record_id, **fields)
+
+    def update_many(self, record_ids: list[str], **fields: Any) -> None:
+        self._call("update_many", record_ids, **fields)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return self._call("snapshot")

@@ -5,8 +5,8 @@
 On a database of its own (created and dropped on ``--pg``): (1) the fetch of the demo source,
 pages staged and checkpointed, each page published as batch tasks to ``--redis`` (flushed;
 nothing consumes them); (2) ``sync.process_record`` on rows one at a time into a table of the
-same Postgres; (3) ``batch.process_batch`` on chunks of 500. It counts the statements each
-sends. ``--repo`` runs the same measurements on another checkout of ihub (say, a
+same Postgres; (3) ``batch.process_batch`` on chunks of 500. It counts the round trips to
+Postgres each makes. ``--repo`` runs the same measurements on another checkout of ihub (say, a
 ``git worktree`` of an earlier commit), so before and after are measured in one sitting.
 """
 
@@ -70,17 +70,22 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             IHUB_DEMO_URL=source.url,
             IHUB_DEMO_SECRET=source.options.client_secret,
         )
-        from models.db import get_engine
+        from models.db import autocommit_engine, get_engine
         from models.migrate import upgrade
 
         upgrade(url)
-        statements = [0]
-        event.listen(
-            get_engine(url),
-            "before_cursor_execute",
-            lambda *_: statements.__setitem__(0, statements[0] + 1),
-        )
-        found = _measure(args.records, statements)
+        trips = [0]
+
+        def count(*_: Any) -> None:
+            trips[0] += 1
+
+        # every statement is a round trip, and so are psycopg2's BEGIN and the COMMIT of a
+        # transaction (the autocommit pool sends neither)
+        for engine in (get_engine(url), autocommit_engine(url)):
+            event.listen(engine, "before_cursor_execute", count)
+        event.listen(get_engine(url), "begin", count)
+        event.listen(get_engine(url), "commit", count)
+        found = _measure(args.records, trips)
     finally:
         source.stop()
         from models.db import dispose_all
@@ -92,7 +97,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
-def _measure(records: int, statements: list[int]) -> dict[str, Any]:
+def _measure(records: int, trips: list[int]) -> dict[str, Any]:
     from pipeline import batch, sync
     from pipeline.hub import Hub
     from tasks.app import get_app
@@ -114,26 +119,26 @@ def _measure(records: int, statements: list[int]) -> dict[str, Any]:
     half = len(rows) // 2
     single, chunked = rows[:half], rows[half:]
 
-    statements[0], started = 0, time.perf_counter()
+    trips[0], started = 0, time.perf_counter()
     for row_id in single:
         delivery = sync.Delivery(token=f"s{row_id}", redelivered=False)
         assert sync.process_record(hub, row_id, delivery=delivery).status == "done"
-    single_s, single_statements = time.perf_counter() - started, statements[0]
+    single_s, single_trips = time.perf_counter() - started, trips[0]
 
-    statements[0], started = 0, time.perf_counter()
+    trips[0], started = 0, time.perf_counter()
     for start in range(0, len(chunked), 500):
         chunk = chunked[start : start + 500]
         delivery = sync.Delivery(token=f"b{start}", redelivered=False)
         assert len(batch.process_batch(hub, chunk, delivery=delivery).done) == len(chunk)
-    batch_s, batch_statements = time.perf_counter() - started, statements[0]
+    batch_s, batch_trips = time.perf_counter() - started, trips[0]
     chunks = (len(chunked) + 499) // 500
     return {
         "records": records,
         "fetch_per_s": round(records / fetch_s),
         "per_record_ms": round(single_s * 1000 / len(single), 2),
-        "per_record_statements": round(single_statements / len(single), 1),
+        "per_record_round_trips": round(single_trips / len(single), 1),
         "batched_per_s": round(len(chunked) / batch_s),
-        "batched_statements_per_chunk": round(batch_statements / chunks, 1),
+        "batched_round_trips_per_chunk": round(batch_trips / chunks, 1),
     }
 
 

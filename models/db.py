@@ -30,6 +30,18 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+def autocommit_engine(url: str) -> Engine:
+    """A second pool for ``url`` whose connections stay in autocommit: a statement is its own
+    transaction, one round trip, with no BEGIN and no COMMIT (and no isolation level switched
+    at each checkout, as ``execution_options(isolation_level=...)`` does on the shared pool)."""
+    key = (os.getpid(), f"autocommit:{url}")
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _create(url, isolation_level="AUTOCOMMIT")
+        _engines[key] = engine
+    return engine
+
+
 def dispose_all() -> None:
     """Forget engines inherited from a parent process without closing its connections."""
     for engine in list(_engines.values()):
@@ -46,7 +58,7 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _create(url: str) -> Engine:
+def _create(url: str, **options: Any) -> Engine:
     parsed = make_url(normalize_url(url))
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database)
@@ -55,6 +67,7 @@ def _create(url: str) -> Engine:
         pool_size=5,
         max_overflow=5,
         connect_args=_pg_connect_args(parsed.get_backend_name()),
+        **options,
     )
     _ping_when_idle(engine)
     return engine

@@ -6,6 +6,7 @@ finished record backwards: ``done`` is final, ``dead`` leaves only by an explici
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models import deadletters, finishing, rollups
-from models.db import get_engine, is_sqlite, session_scope
+from models.db import autocommit_engine, get_engine, is_sqlite, session_scope
 from models.redaction import redact
 from models.schema import OPEN, RecordStatus, StagedRecord
 from models.staging import stage as stage  # re-exported: callers stage through the queue
@@ -93,8 +94,7 @@ def claim(
             waiting = _claim_waiting(session, row_id, deadline=deadline, token=token)
             return waiting or _claim_held(session, row_id, deadline, token, redelivered)
     # the common case, a waiting row, first and on its own
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        waiting = _claim_waiting(connection, row_id, deadline=deadline, token=token)
+    waiting = _claim_waiting_pg(database_url, row_id, deadline=deadline, token=token)
     if waiting is not None:
         return waiting
     with session_scope(database_url) as session:
@@ -119,18 +119,38 @@ _CLAIM_WAITING = (
 def _claim_waiting(
     connection: Session | Connection, row_id: int, *, deadline: float, token: str | None
 ) -> Claim | None:
-    """Claim a row that waits (pending or retrying): one UPDATE ... RETURNING. On its own,
-    in autocommit, it is one round trip, not three (BEGIN, UPDATE, COMMIT); round trips are
-    most of a record's cost (bench/stages.py, bench/README.md)."""
-    now = utcnow()
-    params = {
-        "row_id": row_id,
-        "token": token,
-        "now": now,
-        "due": now + timedelta(seconds=deadline),
-    }
-    row = connection.execute(_CLAIM_WAITING, params).first()
+    """Claim a row that waits (pending or retrying): one UPDATE ... RETURNING."""
+    row = connection.execute(_CLAIM_WAITING, _claim_params(row_id, deadline, token)).first()
     return None if row is None else Claim.of(row)
+
+
+def _claim_waiting_pg(
+    database_url: str, row_id: int, *, deadline: float, token: str | None
+) -> Claim | None:
+    """``_claim_waiting`` in one round trip, not three (BEGIN, UPDATE, COMMIT): round trips
+    are most of a record's cost (bench/stages.py, bench/README.md). Its commit is not waited
+    on (``SET LOCAL synchronous_commit``, in the same query string, for this transaction
+    alone): it is visible at once, and a crash of the server that loses it loses every later
+    commit too (the write-ahead log is flushed in order), so the row is simply waiting again."""
+    params = _claim_params(row_id, deadline, token)
+    with autocommit_engine(database_url).connect() as connection:
+        row = connection.exec_driver_sql(_claim_sql(), params).first()
+    return None if row is None else Claim.of(row)
+
+
+@functools.cache
+def _claim_sql() -> str:
+    """``_CLAIM_WAITING`` as psycopg2 SQL, after its SET LOCAL."""
+    return f"""SET LOCAL synchronous_commit = off;
+        UPDATE ihub_records SET status = '{S.PROCESSING}', attempts = attempts + 1,
+            claim_token = %(token)s, started_at = %(now)s, due_at = %(due)s
+        WHERE id = %(row_id)s AND status IN ('{S.PENDING}', '{S.RETRYING}')
+        RETURNING {", ".join(column.key for column in CLAIMED)}"""
+
+
+def _claim_params(row_id: int, deadline: float, token: str | None) -> dict[str, Any]:
+    now = utcnow()
+    return {"row_id": row_id, "token": token, "now": now, "due": now + timedelta(seconds=deadline)}
 
 
 def _claim_held(
@@ -160,13 +180,7 @@ def _claim_held(
 
 def mark_done(database_url: str, row_id: int, duration_ms: float) -> None:
     with session_scope(database_url) as session:
-        mark_done_in(session, row_id, duration_ms)
-
-
-def mark_done_in(session: Session, row_id: int, duration_ms: float) -> bool:
-    """``mark_done`` inside the caller's transaction, counted in the minute's rollup; False
-    when the row was not open."""
-    return mark_done_many(session, [row_id], duration_ms) == 1
+        mark_done_many(session, [row_id], duration_ms)
 
 
 def mark_done_many(session: Session, row_ids: list[int], duration_ms: float) -> int:

@@ -16,8 +16,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from models import chunks, queue
+from models import chunks
 from models.db import session_scope
+from models.values import utcnow
 from pipeline import sync, transform
 from pipeline.delta import is_deletion
 from pipeline.hub import Hub
@@ -80,9 +81,9 @@ class _PerRecord(Exception):
 
 def _write_chunk(hub: Hub, row_ids: list[int], delivery: sync.Delivery) -> list[int]:
     """Claim, upsert and mark done in one transaction; the rows done."""
-    deadline = hub.settings.process_time_limit + 30
     with session_scope(hub.database_url) as session:
-        claims = chunks.claim_many(session, row_ids, deadline=deadline, token=delivery.token)
+        claimed_at = utcnow()
+        claims = chunks.claim_many(session, row_ids)
         if not claims:
             return []
         if not all(_batchable(hub, claim) for claim in claims):
@@ -101,7 +102,9 @@ def _write_chunk(hub: Hub, row_ids: list[int], delivery: sync.Delivery) -> list[
             sink.upsert_many(records, connection=connection)
         ids = [claim.row_id for claim in claims]
         each_ms = (time.perf_counter() - started) * 1000 / len(ids)
-        queue.mark_done_many(session, ids, each_ms)
+        chunks.finish_many(
+            session, ids, duration_ms=each_ms, token=delivery.token, started=claimed_at
+        )
         return ids
 
 

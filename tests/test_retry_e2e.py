@@ -153,13 +153,19 @@ def test_a_record_that_kills_its_worker_every_time_is_dead_lettered(
     tmp_path: Path, monkeypatch, pg_url: str, redis_url: str, source
 ) -> None:
     """Each delivery of REC000007 loses its worker process: after a bounded number of crash
-    redeliveries it is a dead letter (reason crash) instead of a loop; the others land."""
+    redeliveries it is a dead letter (reason crash) instead of a loop; the others land.
+
+    Its write hangs 5 s and then fails, and the worker is killed while it hangs: a write that
+    reached the server before the kill would commit all the same (write and done go as one
+    query string), so the record that kills its worker is one whose write never completes."""
     source.seed(20)
     prepare_target(pg_url)
     with get_engine(pg_url).begin() as connection:
         connection.exec_driver_sql(
             "CREATE FUNCTION slow_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF NEW.id = 'REC000007' THEN PERFORM pg_sleep(5); END IF; RETURN NEW; END $$; "
+            "IF NEW.id = 'REC000007' THEN PERFORM pg_sleep(5); "
+            "RAISE EXCEPTION 'the write of REC000007 never completes'; END IF; "
+            "RETURN NEW; END $$; "
             "CREATE TRIGGER poison BEFORE INSERT ON incidents "
             "FOR EACH ROW EXECUTE FUNCTION slow_poison();"
         )

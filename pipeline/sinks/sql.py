@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from models.db import get_engine
+from models.db import autocommit_engine, get_engine
 from pipeline.errors import PermanentError, TransientError
 from pipeline.sinks.columns import DEFAULT_MAX_COLUMNS, EXTRA_COLUMN, ColumnMap
 
@@ -46,6 +46,7 @@ VERSION_COLUMN = "_ihub_version"
 SYNCED_COLUMN = "_ihub_synced_at"
 DELETED_COLUMN = "_ihub_deleted"  # with deletes: {action: mark}
 TOMBSTONE_TABLE = "_ihub_tombstones"  # with deletes: {action: delete}
+Then = tuple[str, dict[str, Any]]  # a statement of the sink's database, psycopg2 SQL and params
 
 
 class SqlSink:
@@ -61,6 +62,7 @@ class SqlSink:
         self._columns: ColumnMap | None = None
         self._lock = threading.Lock()
         self._statements: dict[tuple[int, tuple[str, ...], bool], Any] = {}
+        self._compiled: dict[int, Any] = {}
 
     @property
     def engine(self) -> Engine:
@@ -72,18 +74,19 @@ class SqlSink:
         version: str,
         *,
         deletes: str | None = None,
-        connection: Connection | None = None,
+        then: Then | None = None,
     ) -> bool:
         """Write ``record`` unless a same or newer version is there; True when a row changed.
 
-        ``connection``: write inside the caller's transaction (the queue's, when the sink is the
-        system-of-record database: claim, write and done commit together); else its own.
+        ``then``: a statement of this database (psycopg2 SQL and its parameters) that commits
+        with the write, or not at all, sent with it in one query string: one round trip and
+        one commit (the queue's done mark, when the sink is the system-of-record database).
 
         ``deletes`` is the integration's deletion action: with ``mark`` the row is marked live
         (``_ihub_deleted`` false, which revives a row deleted before); with ``delete`` a
         tombstone of the same or a newer version keeps an older write from bringing it back.
         """
-        return self._write(record, version, deletes=deletes, deleted=False, connection=connection)
+        return self._write(record, version, deletes=deletes, deleted=False, then=then)
 
     def _write(
         self,
@@ -92,7 +95,7 @@ class SqlSink:
         *,
         deletes: str | None,
         deleted: bool,
-        connection: Connection | None = None,
+        then: Then | None = None,
     ) -> bool:
         if self.key not in record:
             raise PermanentError(f"sink {self.table_name}: record has no key field {self.key!r}")
@@ -105,11 +108,24 @@ class SqlSink:
             if deletes == "delete":
                 self._ensure_tombstones()
             table = self._ensure(row)
-            with self._begin(connection) as conn:
+            if then is not None and deletes != "delete":
+                return self._send_with(then, table, row)
+            with self.engine.begin() as conn:
+                if then is not None:
+                    conn.exec_driver_sql(*then)
                 if deletes == "delete" and self._buried(conn, row[self.key], version):
                     return False
                 result = conn.execute(self._statement_for(table, row), row)
                 return bool(result.rowcount)
+
+    def _send_with(self, then: Then, table: Table, row: dict[str, Any]) -> bool:
+        """``then`` and the upsert of ``row`` as one query string, in autocommit: Postgres runs
+        the statements of one query as one transaction. The upsert goes last, so its row count
+        is the one the driver reports."""
+        sql, params = self._driver_statement(table, row)
+        with autocommit_engine(self.database_url).connect() as connection:
+            result = connection.exec_driver_sql(f"{then[0]};\n{sql}", {**then[1], **params})
+            return bool(result.rowcount)
 
     def upsert_many(
         self, records: list[tuple[dict[str, Any], str]], *, connection: Connection
@@ -152,17 +168,18 @@ class SqlSink:
         version: str,
         *,
         action: str = "mark",
-        connection: Connection | None = None,
+        then: Then | None = None,
     ) -> bool:
         """Apply a deletion of ``version``: mark the row (``_ihub_deleted`` true, the other
-        columns kept) or delete it, in either case only over an older version."""
+        columns kept) or delete it, in either case only over an older version. ``then`` as
+        for ``upsert``, in the deletion's transaction."""
         if action == "mark":
-            return self._write(
-                {self.key: key}, version, deletes=None, deleted=True, connection=connection
-            )
+            return self._write({self.key: key}, version, deletes=None, deleted=True, then=then)
         with self._errors():
             tombstones = self._ensure_tombstones()
-            with self._begin(connection) as connection:
+            with self.engine.begin() as connection:
+                if then is not None:
+                    connection.exec_driver_sql(*then)
                 self._lock_key(connection, key)
                 values = {"tbl": self.table_name, "key": key, "version": version}
                 insert = self._dialect().insert(tombstones).values(values)
@@ -196,12 +213,6 @@ class SqlSink:
         if layout.extra:
             row[EXTRA_COLUMN] = json.dumps(layout.extra, sort_keys=True, default=str)
         return row
-
-    def _begin(self, connection: Connection | None) -> Any:
-        """The caller's connection (its transaction), or a transaction of our own."""
-        if connection is not None:
-            return contextlib.nullcontext(connection)
-        return self.engine.begin()
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -261,6 +272,17 @@ class SqlSink:
                 statement = statement.returning(table.c[self.key])
             self._statements[key] = statement
         return statement
+
+    def _driver_statement(self, table: Table, row: dict[str, Any]) -> Then:
+        """The upsert of ``row`` as psycopg2 SQL and parameters, compiled once per statement.
+        The columns are Text, BigInteger, Float and Boolean, which psycopg2 takes as they are
+        (no bind processors to apply)."""
+        statement = self._statement_for(table, row)
+        compiled = self._compiled.get(id(statement))
+        if compiled is None:
+            compiled = statement.compile(dialect=self.engine.dialect, column_keys=list(row))
+            self._compiled[id(statement)] = compiled
+        return compiled.string, compiled.construct_params(row)
 
     def _build_statement(self, table: Table, row: dict[str, Any]) -> Any:
         insert = self._dialect().insert(table)

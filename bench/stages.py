@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             IHUB_DEMO_URL=source.url,
             IHUB_DEMO_SECRET=source.options.client_secret,
         )
-        from models.db import autocommit_engine, get_engine
+        from models import db
         from models.migrate import upgrade
 
         upgrade(url)
@@ -79,12 +79,20 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         def count(*_: Any) -> None:
             trips[0] += 1
 
-        # every statement is a round trip, and so are psycopg2's BEGIN and the COMMIT of a
-        # transaction (the autocommit pool sends neither)
-        for engine in (get_engine(url), autocommit_engine(url)):
+        def count_transaction(connection: Any) -> None:
+            if not connection.connection.dbapi_connection.autocommit:
+                trips[0] += 1
+
+        # every execute is a round trip (a query string of two statements is one), and so are
+        # psycopg2's BEGIN and a transaction's COMMIT, but in autocommit (a checkout older
+        # than --repo may have no autocommit pool)
+        engines = [db.get_engine(url)]
+        if hasattr(db, "autocommit_engine"):
+            engines.append(db.autocommit_engine(url))
+        for engine in engines:
             event.listen(engine, "before_cursor_execute", count)
-        event.listen(get_engine(url), "begin", count)
-        event.listen(get_engine(url), "commit", count)
+            event.listen(engine, "begin", count_transaction)
+            event.listen(engine, "commit", count_transaction)
         found = _measure(args.records, trips)
     finally:
         source.stop()

@@ -203,7 +203,8 @@ def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"fetch stage ({r['delta_mode']})         {cell(r['fetch_per_s'])}   "
         f"(per-record mode: {cell(r['fetch_per_record_mode_per_s'])})",
         f"1 % delta / full load              {r['delta_1pct_ratio']}",
-        f"  the same, after {args.versions} versions    {r['delta_1pct_ratio_after_versions']}",
+        f"  the same, after {args.versions} versions    "
+        f"{cell(r['delta_1pct_ratio_after_versions'], '')}",
         f"worker RSS start -> end            {r['worker_rss_start_mb']} -> "
         f"{r['worker_rss_end_mb']} MB",
     ]

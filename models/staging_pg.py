@@ -33,11 +33,18 @@ def cursor(session: Session) -> Any:
 
 
 def latest_staged(cur: Any, integration: str, record_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """The latest staged (version, digest) of each of ``record_ids``: one statement."""
+    """The latest staged (version, digest) of each of ``record_ids``: one statement.
+
+    One primary-key lookup per id, whatever the planner knows: written as
+    ``record_id = ANY(ids)``, a table never analysed (autovacuum off, or a first backfill
+    faster than it) was read whole for every page, the ``ANY`` applied as a filter (measured:
+    260 ms a page of 500 at 900,000 rows, against 2 ms this way). ``LIMIT 1`` keeps the
+    lateral lookup from being flattened into a join the planner could then choose to hash."""
     cur.execute(
-        "SELECT record_id, version, digest FROM ihub_latest"
-        " WHERE integration = %s AND record_id = ANY(%s)",
-        (integration, record_ids),
+        "SELECT l.record_id, l.version, l.digest FROM unnest(%s::text[]) AS k(id)"
+        " CROSS JOIN LATERAL (SELECT record_id, version, digest FROM ihub_latest"
+        " WHERE integration = %s AND record_id = k.id LIMIT 1) AS l",
+        (record_ids, integration),
     )
     return {record_id: (version, digest) for record_id, version, digest in cur.fetchall()}
 

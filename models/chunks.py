@@ -6,8 +6,8 @@ the per-record path (``models.queue``) and end on their own.
 
 A chunk's claim is a row lock, not a write: its transaction ends with the rows done or with
 nothing, so a claim written first would never be seen by anyone else. Each row is then written
-once, by ``finish_many`` (done, its attempt counted), not twice (measured with
-bench/stages.py: the claim's UPDATE was a third of a chunk's time in the database).
+once, by ``finish_many`` (done, its attempt counted), not twice (bench/stages.py, 10,000
+records: 7,162 and 6,267 rows a second before, 8,795 and 7,376 after).
 """
 
 from __future__ import annotations

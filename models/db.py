@@ -31,9 +31,10 @@ def get_engine(url: str) -> Engine:
 
 
 def autocommit_engine(url: str) -> Engine:
-    """A second pool for ``url`` whose connections stay in autocommit: a statement is its own
-    transaction, one round trip, with no BEGIN and no COMMIT (and no isolation level switched
-    at each checkout, as ``execution_options(isolation_level=...)`` does on the shared pool)."""
+    """A second pool for ``url`` (PostgreSQL) whose connections stay in autocommit: a query is
+    its own transaction, one round trip, with no BEGIN and no COMMIT (and no isolation level
+    switched at each checkout, as ``execution_options(isolation_level=...)`` does on the
+    shared pool)."""
     key = (os.getpid(), f"autocommit:{url}")
     engine = _engines.get(key)
     if engine is None:

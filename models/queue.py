@@ -140,7 +140,8 @@ def _claim_waiting_pg(
 
 @functools.cache
 def _claim_sql() -> str:
-    """``_CLAIM_WAITING`` as psycopg2 SQL, after its SET LOCAL."""
+    """The UPDATE of ``_CLAIM_WAITING`` written out as psycopg2 SQL (keep the two alike),
+    after its SET LOCAL."""
     return f"""SET LOCAL synchronous_commit = off;
         UPDATE ihub_records SET status = '{S.PROCESSING}', attempts = attempts + 1,
             claim_token = %(token)s, started_at = %(now)s, due_at = %(due)s

@@ -275,8 +275,9 @@ class SqlSink:
 
     def _driver_statement(self, table: Table, row: dict[str, Any]) -> Then:
         """The upsert of ``row`` as psycopg2 SQL and parameters, compiled once per statement.
-        The columns are Text, BigInteger, Float and Boolean, which psycopg2 takes as they are
-        (no bind processors to apply)."""
+        No bind processor is applied: the values are what ``_row`` makes of a record (JSON
+        scalars; objects and lists as JSON text), which psycopg2 adapts itself and Postgres
+        casts to the column's type, as for any literal."""
         statement = self._statement_for(table, row)
         compiled = self._compiled.get(id(statement))
         if compiled is None:

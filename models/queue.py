@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, DateTime, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import psycopg2
 from sqlalchemy.orm import Session
 
 from models import deadletters, finishing, rollups
@@ -101,19 +102,14 @@ def claim(
         return _claim_held(session, row_id, deadline, token, redelivered)
 
 
-_TABLE = StagedRecord.__table__
-_CLAIM_WAITING = (
-    update(_TABLE)
-    .where(_TABLE.c.id == bindparam("row_id"), _TABLE.c.status.in_((S.PENDING, S.RETRYING)))
-    .values(
-        status=S.PROCESSING,
-        attempts=_TABLE.c.attempts + 1,
-        claim_token=bindparam("token"),
-        started_at=bindparam("now"),
-        due_at=bindparam("due"),
-    )
-    .returning(*(_TABLE.c[column.key] for column in CLAIMED))
-)
+# one UPDATE ... RETURNING, as text: the SQLite path runs it in its transaction, the Postgres
+# path sends it compiled for psycopg2 after a SET LOCAL (``_claim_sql``)
+_CLAIM_WAITING = text(
+    f"UPDATE ihub_records SET status = '{S.PROCESSING}', attempts = attempts + 1,"
+    " claim_token = :token, started_at = :now, due_at = :due"
+    f" WHERE id = :row_id AND status IN ('{S.PENDING}', '{S.RETRYING}')"
+    f" RETURNING {', '.join(column.key for column in CLAIMED)}"
+).bindparams(bindparam("now", type_=DateTime), bindparam("due", type_=DateTime))
 
 
 def _claim_waiting(
@@ -140,13 +136,9 @@ def _claim_waiting_pg(
 
 @functools.cache
 def _claim_sql() -> str:
-    """The UPDATE of ``_CLAIM_WAITING`` written out as psycopg2 SQL (keep the two alike),
-    after its SET LOCAL."""
-    return f"""SET LOCAL synchronous_commit = off;
-        UPDATE ihub_records SET status = '{S.PROCESSING}', attempts = attempts + 1,
-            claim_token = %(token)s, started_at = %(now)s, due_at = %(due)s
-        WHERE id = %(row_id)s AND status IN ('{S.PENDING}', '{S.RETRYING}')
-        RETURNING {", ".join(column.key for column in CLAIMED)}"""
+    """``_CLAIM_WAITING`` as psycopg2 SQL, after its SET LOCAL."""
+    compiled = _CLAIM_WAITING.compile(dialect=psycopg2.dialect())
+    return f"SET LOCAL synchronous_commit = off;\n{compiled}"
 
 
 def _claim_params(row_id: int, deadline: float, token: str | None) -> dict[str, Any]:
@@ -192,7 +184,7 @@ def mark_done_many(session: Session, row_ids: list[int], duration_ms: float) -> 
     if session.get_bind().dialect.name == "postgresql":
         return finishing.mark_done(session, row_ids, duration_ms, now)
     done = session.scalars(
-        update(table)  # Core, not the ORM's bulk UPDATE: see chunks.claim_many
+        update(table)  # Core, not the ORM's bulk UPDATE: the same SQL, less machinery
         .where(table.c.id.in_(row_ids), table.c.status.in_(OPEN))
         .values(
             status=S.DONE,

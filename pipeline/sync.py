@@ -114,10 +114,12 @@ def _claim_and_write(
     mark it done in one transaction sent as one query string: two round trips in all for the
     common case (bench/stages.py counts them).
 
-    The claim commits on its own first: a worker killed during the write leaves the row
-    processing with its delivery counted, so a record that kills its worker every time is
-    dead-lettered after ``MAX_CRASH_REDELIVERIES`` instead of looping. Otherwise, or when the
-    write fails (rolled back with its done mark), the caller goes on: (claim, the error).
+    The claim commits on its own first: a worker lost before its write completed leaves the
+    row processing with its delivery counted, so a record that kills its worker every time is
+    dead-lettered after ``MAX_CRASH_REDELIVERIES`` instead of looping. (A write that reached
+    the server commits with its done mark even if the worker dies meanwhile: the record is
+    done, once.) Otherwise, or when the write fails (rolled back with its done mark), the
+    caller goes on: (claim, the error).
     """
     started = time.perf_counter()
     claim = queue.claim(

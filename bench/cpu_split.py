@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             at = time.monotonic() - started
             steps.append((at, step))
             lines.append(f"{at:7.1f}s  {row}")
-            previous = current
+            previous = {**previous, **current}  # a process missed once is not new later
     whole: Counter[str] = Counter()
     for _, step in steps:
         whole.update(step)

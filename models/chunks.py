@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from models import finishing
 from models.queue import CLAIMED, Claim, S
-from models.schema import StagedRecord
+from models.schema import StagedRecord, others_than
 from models.values import utcnow
 
 
@@ -30,7 +30,7 @@ def claim_many(session: Session, row_ids: list[int]) -> list[Claim]:
     table = StagedRecord.__table__
     statement = (
         select(*(table.c[column.key] for column in CLAIMED))
-        .where(table.c.id.in_(row_ids), table.c.status.in_((S.PENDING, S.RETRYING)))
+        .where(table.c.id.in_(row_ids), table.c.status.not_in(others_than((S.PENDING, S.RETRYING))))
         .with_for_update()
     )
     return [Claim.of(row) for row in session.execute(statement)]

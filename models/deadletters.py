@@ -21,7 +21,14 @@ from sqlalchemy.orm import Session
 from models import rollups
 from models.db import dialect_insert, session_scope
 from models.redaction import redact
-from models.schema import DeadLetter, DeadLetterAction, DeadReason, RecordStatus, StagedRecord
+from models.schema import (
+    DeadLetter,
+    DeadLetterAction,
+    DeadReason,
+    RecordStatus,
+    StagedRecord,
+    others_than,
+)
 from models.values import utcnow
 
 Publish = Callable[[list[int]], None]
@@ -280,7 +287,8 @@ def move_to_pending(
     rows = list(
         session.scalars(
             select(StagedRecord)
-            .where(StagedRecord.id.in_(row_ids), StagedRecord.status == RecordStatus.DEAD)
+            .where(StagedRecord.id.in_(row_ids))
+            .where(StagedRecord.status.not_in(others_than([RecordStatus.DEAD])))
             .order_by(StagedRecord.id)
             .with_for_update()
         )

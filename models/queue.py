@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from models import deadletters, finishing, rollups
 from models.db import autocommit_engine, get_engine, is_sqlite, session_scope
 from models.redaction import redact
-from models.schema import OPEN, RecordStatus, StagedRecord
+from models.schema import OPEN, RecordStatus, StagedRecord, others_than
 from models.staging import stage as stage  # re-exported: callers stage through the queue
 from models.staging import stage_dead as stage_dead
 from models.values import utcnow
@@ -185,7 +185,7 @@ def mark_done_many(session: Session, row_ids: list[int], duration_ms: float) -> 
         return finishing.mark_done(session, row_ids, duration_ms, now)
     done = session.scalars(
         update(table)  # Core, not the ORM's bulk UPDATE: the same SQL, less machinery
-        .where(table.c.id.in_(row_ids), table.c.status.in_(OPEN))
+        .where(table.c.id.in_(row_ids), table.c.status.not_in(others_than(OPEN)))
         .values(
             status=S.DONE,
             finished_at=now,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import (
@@ -32,6 +33,19 @@ class RecordStatus(enum.StrEnum):
 
 
 OPEN = (RecordStatus.PENDING, RecordStatus.PROCESSING, RecordStatus.RETRYING)  # not finished
+
+
+def others_than(statuses: Iterable[str]) -> tuple[str, ...]:
+    """Every status but ``statuses``: ``status NOT IN others_than(wanted)`` is ``status IN
+    wanted`` in a form no index can serve, for a lookup of rows by id.
+
+    Written as ``id = ANY(ids) AND status IN (...)``, the lookup is at the planner's mercy: on
+    statistics that say few rows are open (a table never analysed, or analysed before a
+    backfill) it scans the status index and reads every open row to keep the chunk's
+    (measured: 40 ms a chunk of 500 at 20,000 open rows, 70 % of a batched record's Postgres
+    time, and growing with the backlog). A ``NOT IN`` leaves it the primary key only."""
+    wanted = set(statuses)
+    return tuple(status for status in RecordStatus if status not in wanted)
 
 
 class IntegrationStatus(enum.StrEnum):

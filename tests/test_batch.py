@@ -143,3 +143,43 @@ def test_per_record_path_writes_in_one_transaction_on_postgres(pg_url: str, tmp_
     assert process_record(hub, row_id).status == "done"
     assert process_record(hub, row_id).status == "skipped"
     assert target(pg_url)["a"]["name"] == "x"
+
+
+def test_a_chunk_finds_its_rows_by_id_whatever_the_statistics_say(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Claim and done look a chunk's rows up by primary key, not through the status index.
+
+    The table is never analysed here (a fast backfill outruns autovacuum), so the planner
+    guesses that few rows are open: a status predicate it could serve from an index made it
+    read every open row for each chunk. Each statement the chunk runs on ``ihub_records`` is
+    explained, with its own parameters, in a transaction rolled back; sequential scans are
+    off there, as the planner turns them down for a table of any size."""
+    from sqlalchemy import event
+
+    hub = make_hub(pg_url, tmp_path)
+    ids = stage(pg_url, [rec(f"r{i}", i) for i in range(3000)])
+    seen: list[tuple[str, Any]] = []
+
+    def keep(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "ihub_records" in statement and "WHERE" in statement:
+            seen.append((statement, parameters))
+
+    engine = get_engine(pg_url)
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        assert len(process_batch(hub, ids[1000:1050], delivery=FIRST_DELIVERY).done) == 50
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
+    assert len(seen) >= 2, seen  # the claim and the done
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for statement, parameters in seen:
+            cursor.execute(f"EXPLAIN {statement}", parameters)
+            plan = "\n".join(line for (line,) in cursor.fetchall())
+            assert "ihub_records_pkey" in plan and "status_due" not in plan, plan
+        raw.rollback()
+    finally:
+        raw.close()

@@ -12,21 +12,40 @@ records: 7,162 and 6,267 rows a second before, 8,795 and 7,376 after).
 
 from __future__ import annotations
 
+import contextlib
+import json
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import finishing
+from models import finishing, staging_pg
 from models.queue import CLAIMED, Claim, S
-from models.schema import StagedRecord, others_than
+from models.schema import StagedRecord, others_than, sql_list
 from models.values import utcnow
+
+# the chunk's claim as driver SQL: read straight off the cursor, its rows are claims already
+_CLAIM_PG = (
+    f"SELECT {', '.join(column.key for column in CLAIMED)} FROM ihub_records"
+    f" WHERE id = ANY(%s) AND status NOT IN {sql_list(others_than((S.PENDING, S.RETRYING)))}"
+    " FOR UPDATE"
+)
 
 
 def claim_many(session: Session, row_ids: list[int]) -> list[Claim]:
     """Lock and read the rows of a chunk that wait (pending or retrying), in one statement
     inside the caller's transaction; a row another task holds, or that is finished, is left
-    out (a second task locking the same rows waits, then finds them done)."""
+    out (a second task locking the same rows waits, then finds them done).
+
+    On PostgreSQL the statement goes to the driver as it is and each row becomes a ``Claim``
+    at once (measured: half the client time of a 500-row claim through SQLAlchemy's rows)."""
+    if session.get_bind().dialect.name == "postgresql":
+        with contextlib.closing(staging_pg.cursor(session)) as cur:
+            cur.execute(_CLAIM_PG, (row_ids,))
+            return [
+                Claim(row_id, integration, record_id, version, json.loads(payload), tries, lost)
+                for row_id, integration, record_id, version, payload, tries, lost in cur
+            ]
     table = StagedRecord.__table__
     statement = (
         select(*(table.c[column.key] for column in CLAIMED))

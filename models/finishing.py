@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import psycopg2
 from sqlalchemy.orm import Session
 
 from models.rollups import COUNTERS, bucket_column, minute_of, this_shard
-from models.schema import OPEN, RecordStatus, others_than
+from models.schema import OPEN, RecordStatus, others_than, sql_list
 from models.values import utcnow
 
 
@@ -72,7 +72,6 @@ def _statement(bucket: str, claimed_here: bool = False) -> TextClause:
         if claimed_here
         else ""
     )
-    finished = ", ".join(f"'{state}'" for state in others_than(OPEN))
     counts = {name: "0" for name in COUNTERS}
     counts.update(done="n", duration_count="n", duration_sum_ms="n * :_ihub_ms")
     counts[bucket] = "n"
@@ -85,7 +84,7 @@ def _statement(bucket: str, claimed_here: bool = False) -> TextClause:
             UPDATE ihub_records SET {claim} status = '{RecordStatus.DONE}',
                 finished_at = :_ihub_now,
                 duration_ms = :_ihub_ms, due_at = NULL, last_error = NULL, error_class = NULL
-            WHERE id = ANY(:_ihub_ids) AND status NOT IN ({finished})
+            WHERE id = ANY(:_ihub_ids) AND status NOT IN {sql_list(others_than(OPEN))}
             RETURNING integration
         ), counted AS (
             SELECT integration, count(*) AS n FROM done GROUP BY integration

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from models import deadletters, finishing, rollups
 from models.db import autocommit_engine, get_engine, is_sqlite, session_scope
 from models.redaction import redact
-from models.schema import OPEN, RecordStatus, StagedRecord, others_than
+from models.schema import OPEN, RecordStatus, StagedRecord, others_than, sql_list
 from models.staging import stage as stage  # re-exported: callers stage through the queue
 from models.staging import stage_dead as stage_dead
 from models.values import utcnow
@@ -107,7 +107,7 @@ def claim(
 _CLAIM_WAITING = text(
     f"UPDATE ihub_records SET status = '{S.PROCESSING}', attempts = attempts + 1,"
     " claim_token = :token, started_at = :now, due_at = :due"
-    f" WHERE id = :row_id AND status IN ('{S.PENDING}', '{S.RETRYING}')"
+    f" WHERE id = :row_id AND status NOT IN {sql_list(others_than((S.PENDING, S.RETRYING)))}"
     f" RETURNING {', '.join(column.key for column in CLAIMED)}"
 ).bindparams(bindparam("now", type_=DateTime), bindparam("due", type_=DateTime))
 

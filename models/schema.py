@@ -48,6 +48,11 @@ def others_than(statuses: Iterable[str]) -> tuple[str, ...]:
     return tuple(status for status in RecordStatus if status not in wanted)
 
 
+def sql_list(statuses: Iterable[str]) -> str:
+    """Statuses as an SQL list literal, ``('done', 'dead')``, for statements written as text."""
+    return "(" + ", ".join(f"'{status}'" for status in statuses) + ")"
+
+
 class IntegrationStatus(enum.StrEnum):
     ACTIVE = "active"
     REAUTH_REQUIRED = "reauth_required"

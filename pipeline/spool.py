@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def is_database_outage(exc: BaseException) -> bool:
     """The database is unreachable or dropped the connection: retry later, nothing committed."""
     if isinstance(exc, OperationalError | InterfaceError):
         return True
+    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+        return True  # from the driver itself, where ihub sends driver SQL
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg2
+from psycopg2.extras import execute_values
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -63,6 +66,7 @@ class SqlSink:
         self._lock = threading.Lock()
         self._statements: dict[tuple[int, tuple[str, ...], bool], Any] = {}
         self._compiled: dict[int, Any] = {}
+        self._values: dict[int, tuple[str, str, list[str]]] = {}
 
     @property
     def engine(self) -> Engine:
@@ -155,12 +159,44 @@ class SqlSink:
             changed = 0
             table = self._ensure(_union(groups))
             for rows in groups.values():
+                if connection.dialect.name == "postgresql":
+                    changed += self._upsert_values(connection, table, rows)
+                    continue
                 # RETURNING makes SQLAlchemy send multi-row statements ("insertmanyvalues");
-                # without it psycopg2's executemany sends one statement per row (measured:
+                # without it the driver's executemany sends one statement per row (measured:
                 # a third of a 500-row chunk); a row the version guard kept returns nothing
                 statement = self._statement_for(table, rows[0], returning=True)
                 changed += len(connection.execute(statement, rows).all())
         return changed
+
+    def _upsert_values(
+        self, connection: Connection, table: Table, rows: list[dict[str, Any]]
+    ) -> int:
+        """Rows of the same columns in one statement by psycopg2's ``execute_values``, on the
+        caller's connection and transaction: the rows' values go to the driver as tuples
+        (measured: a third of the client time SQLAlchemy's multi-row path takes for 500)."""
+        sql, template, names = self._values_statement(table, rows[0])
+        values = [tuple(row[name] for name in names) for row in rows]
+        with contextlib.closing(connection.connection.dbapi_connection.cursor()) as cursor:
+            found = execute_values(cursor, sql, values, template, page_size=len(rows), fetch=True)
+        return len(found)
+
+    def _values_statement(self, table: Table, row: dict[str, Any]) -> tuple[str, str, list[str]]:
+        """The upsert of rows with ``row``'s columns for ``execute_values``: its SQL with one
+        ``VALUES %s``, the template of a row and the columns in its order; compiled once."""
+        statement = self._statement_for(table, row, returning=True)
+        found = self._values.get(id(statement))
+        if found is None:
+            sql = statement.compile(dialect=self.engine.dialect, column_keys=list(row)).string
+            head, rest = sql.split(" VALUES (", 1)
+            values, tail = rest.split(") ON CONFLICT", 1)
+            names = re.findall(r"%\((\w+)\)s", values)  # bind names: the columns, ASCII
+            if sorted(names) != sorted(row):
+                raise AssertionError(f"sink {self.table_name}: unexpected upsert {sql!r}")
+            template = "(" + ", ".join(["%s"] * len(names)) + ")"
+            found = (f"{head} VALUES %s ON CONFLICT{tail}", template, names)
+            self._values[id(statement)] = found
+        return found
 
     def delete(
         self,
@@ -222,6 +258,10 @@ class SqlSink:
             raise TransientError(
                 f"sink {self.table_name}: database unavailable: {exc.orig}"
             ) from None
+        except psycopg2.OperationalError as exc:  # from the driver itself (``_upsert_values``)
+            raise TransientError(f"sink {self.table_name}: database unavailable: {exc}") from None
+        except psycopg2.Error as exc:
+            raise PermanentError(f"sink {self.table_name}: rejected: {exc}") from None
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise TransientError(f"sink {self.table_name}: connection lost") from None

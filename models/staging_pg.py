@@ -97,4 +97,7 @@ def remember_latest(
 
 
 def _text(value: str) -> str:
-    return value.translate(_ESCAPES)
+    """``value`` escaped for COPY's text format; most values need nothing, found in C."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_ESCAPES)
+    return value

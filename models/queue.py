@@ -17,7 +17,7 @@ from sqlalchemy import Connection, DateTime, bindparam, func, select, text, upda
 from sqlalchemy.dialects.postgresql import psycopg2
 from sqlalchemy.orm import Session
 
-from models import deadletters, finishing, rollups
+from models import deadletters, finishing, rollups, runs
 from models.db import autocommit_engine, get_engine, is_sqlite, session_scope
 from models.redaction import redact
 from models.schema import OPEN, RecordStatus, StagedRecord, others_than, sql_list
@@ -326,12 +326,18 @@ def counts(database_url: str, integration: str | None = None) -> dict[str, int]:
 
 
 def run_counts(database_url: str, run_id: int) -> dict[str, int]:
+    """The run's records per status. They are counted within the run's row-id bounds, a range
+    of the primary key: by ``fetch_run_id`` alone, which no index serves, every count read the
+    whole table, history included (``ihub sync --wait`` counts every second)."""
     with session_scope(database_url) as session:
         query = (
             select(StagedRecord.status, func.count())
             .where(StagedRecord.fetch_run_id == run_id)
             .group_by(StagedRecord.status)
         )
+        bounds = runs.row_bounds(session, run_id)
+        if bounds is not None:
+            query = query.where(StagedRecord.id.between(bounds[0] + 1, bounds[1]))
         found = {status: n for status, n in session.execute(query)}
     return {s.value: int(found.get(s.value, 0)) for s in S}
 

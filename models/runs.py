@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from models.db import session_scope
 from models.redaction import redact
-from models.schema import FetchRun
+from models.schema import FetchRun, StagedRecord
 from models.values import utcnow
 
 
@@ -21,7 +22,14 @@ def start(database_url: str, integration: str) -> int:
             .where(FetchRun.integration == integration, FetchRun.status == "running")
             .values(status="abandoned", finished_at=utcnow(), error="its fetch was lost")
         )
-        run = FetchRun(integration=integration, status="running", pages=0, fetched=0, staged=0)
+        run = FetchRun(
+            integration=integration,
+            status="running",
+            pages=0,
+            fetched=0,
+            staged=0,
+            row_floor=_largest_row_id(session),
+        )
         session.add(run)
         session.flush()
         return run.id
@@ -32,6 +40,25 @@ def finish(database_url: str, run_id: int, *, status: str, error: str | None = N
         run = session.get(FetchRun, run_id)
         if run is not None:
             run.status, run.error, run.finished_at = status, error, utcnow()
+            run.row_ceiling = _largest_row_id(session)
+
+
+def row_bounds(session: Session, run_id: int) -> tuple[int, int] | None:
+    """The row ids the run's records lie between (exclusive, inclusive), or None for a run
+    from before they were kept. A record's row id is drawn from a sequence (SQLite: past the
+    largest) after the run started, and its page committed before the run ended; while the
+    run goes on, its upper bound is the largest row id now."""
+    floor, ceiling = session.execute(
+        select(FetchRun.row_floor, FetchRun.row_ceiling).where(FetchRun.id == run_id)
+    ).one_or_none() or (None, None)
+    if floor is None:
+        return None
+    return floor, ceiling if ceiling is not None else _largest_row_id(session)
+
+
+def _largest_row_id(session: Session) -> int:
+    """One step down the primary key, however many rows the table holds."""
+    return int(session.scalar(select(func.max(StagedRecord.id))) or 0)
 
 
 def get(database_url: str, run_id: int) -> dict[str, Any] | None:

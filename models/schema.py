@@ -233,6 +233,10 @@ class FetchRun(Base):
     fetched: Mapped[int] = mapped_column(Integer, default=0)
     staged: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # the largest row id of ihub_records when the run started, and when it ended: its rows lie
+    # between, so counting them reads a range of the primary key, not the table's history
+    row_floor: Mapped[int | None] = mapped_column(RowId)
+    row_ceiling: Mapped[int | None] = mapped_column(RowId)
 
 
 class Token(Base):

@@ -75,22 +75,25 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         upgrade(url)
         trips = [0]
+        counting = _counting_cursor(trips)
 
-        def count(*_: Any) -> None:
-            trips[0] += 1
+        def count_cursors(dbapi_connection: Any, *_: Any) -> None:
+            dbapi_connection.cursor_factory = counting
 
         def count_transaction(connection: Any) -> None:
             if not connection.connection.dbapi_connection.autocommit:
                 trips[0] += 1
 
-        # every execute is a round trip (a query string of two statements is one), and so are
-        # psycopg2's BEGIN and a transaction's COMMIT, but in autocommit (a checkout older
-        # than --repo may have no autocommit pool)
+        # every statement sent is a round trip (a query string of two statements is one, and so
+        # is a COPY), counted on the driver's cursors, which the driver SQL ihub sends on its
+        # own (COPY, a chunk's claim and upsert) goes through as well; so are psycopg2's BEGIN
+        # and a transaction's COMMIT, but in autocommit (a checkout older than --repo may have
+        # no autocommit pool)
         engines = [db.get_engine(url)]
         if hasattr(db, "autocommit_engine"):
             engines.append(db.autocommit_engine(url))
         for engine in engines:
-            event.listen(engine, "before_cursor_execute", count)
+            event.listen(engine, "checkout", count_cursors)
             event.listen(engine, "begin", count_transaction)
             event.listen(engine, "commit", count_transaction)
         found = _measure(args.records, trips)
@@ -148,6 +151,27 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
         "batched_per_s": round(len(chunked) / batch_s),
         "batched_round_trips_per_chunk": round(batch_trips / chunks, 1),
     }
+
+
+def _counting_cursor(trips: list[int]) -> Any:
+    """A psycopg2 cursor class that adds each statement it sends to ``trips``."""
+    import psycopg2.extensions
+
+    class CountingCursor(psycopg2.extensions.cursor):
+        def execute(self, query: Any, vars: Any = None) -> Any:
+            trips[0] += 1
+            return super().execute(query, vars)
+
+        def executemany(self, query: Any, vars_list: Any) -> Any:
+            rows = list(vars_list)
+            trips[0] += len(rows)  # psycopg2 sends one statement per row
+            return super().executemany(query, rows)
+
+        def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> Any:
+            trips[0] += 1
+            return super().copy_expert(sql, file, size)
+
+    return CountingCursor
 
 
 def _claim(url: str) -> tuple[Any, str]:

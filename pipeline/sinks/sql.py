@@ -16,15 +16,10 @@ the row back.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg2
-from psycopg2.extras import execute_values
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -39,11 +34,13 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from models.db import autocommit_engine, get_engine
-from pipeline.errors import PermanentError, TransientError
+from pipeline.errors import PermanentError
 from pipeline.sinks.columns import DEFAULT_MAX_COLUMNS, EXTRA_COLUMN, ColumnMap
+from pipeline.sinks.sql_errors import ddl_error, write_errors
+from pipeline.sinks.sql_values import ValuesUpsert, upsert_values, values_upsert
 
 VERSION_COLUMN = "_ihub_version"
 SYNCED_COLUMN = "_ihub_synced_at"
@@ -66,7 +63,7 @@ class SqlSink:
         self._lock = threading.Lock()
         self._statements: dict[tuple[int, tuple[str, ...], bool], Any] = {}
         self._compiled: dict[int, Any] = {}
-        self._values: dict[int, tuple[str, str, list[str]]] = {}
+        self._values: dict[int, ValuesUpsert] = {}
 
     @property
     def engine(self) -> Engine:
@@ -103,7 +100,7 @@ class SqlSink:
     ) -> bool:
         if self.key not in record:
             raise PermanentError(f"sink {self.table_name}: record has no key field {self.key!r}")
-        with self._errors():
+        with write_errors(self.table_name):
             row = self._row(record)
             row[self.key] = str(record[self.key])
             row[VERSION_COLUMN] = version
@@ -142,7 +139,7 @@ class SqlSink:
         caller splits the chunk to find the record at fault.
         """
         newest: dict[str, dict[str, Any]] = {}
-        with self._errors():
+        with write_errors(self.table_name):
             for record, version in records:
                 if self.key not in record:
                     raise PermanentError(
@@ -172,31 +169,14 @@ class SqlSink:
     def _upsert_values(
         self, connection: Connection, table: Table, rows: list[dict[str, Any]]
     ) -> int:
-        """Rows of the same columns in one statement by psycopg2's ``execute_values``, on the
-        caller's connection and transaction: the rows' values go to the driver as tuples
-        (measured: a third of the client time SQLAlchemy's multi-row path takes for 500)."""
-        sql, template, names = self._values_statement(table, rows[0])
-        values = [tuple(row[name] for name in names) for row in rows]
-        with contextlib.closing(connection.connection.dbapi_connection.cursor()) as cursor:
-            found = execute_values(cursor, sql, values, template, page_size=len(rows), fetch=True)
-        return len(found)
-
-    def _values_statement(self, table: Table, row: dict[str, Any]) -> tuple[str, str, list[str]]:
-        """The upsert of rows with ``row``'s columns for ``execute_values``: its SQL with one
-        ``VALUES %s``, the template of a row and the columns in its order; compiled once."""
-        statement = self._statement_for(table, row, returning=True)
-        found = self._values.get(id(statement))
-        if found is None:
-            sql = statement.compile(dialect=self.engine.dialect, column_keys=list(row)).string
-            head, rest = sql.split(" VALUES (", 1)
-            values, tail = rest.split(") ON CONFLICT", 1)
-            names = re.findall(r"%\((\w+)\)s", values)  # bind names: the columns, ASCII
-            if sorted(names) != sorted(row):
-                raise AssertionError(f"sink {self.table_name}: unexpected upsert {sql!r}")
-            template = "(" + ", ".join(["%s"] * len(names)) + ")"
-            found = (f"{head} VALUES %s ON CONFLICT{tail}", template, names)
-            self._values[id(statement)] = found
-        return found
+        """Rows of the same columns by ``execute_values``, the upsert compiled once."""
+        statement = self._statement_for(table, rows[0], returning=True)
+        upsert = self._values.get(id(statement))
+        if upsert is None:
+            compiled = statement.compile(dialect=self.engine.dialect, column_keys=list(rows[0]))
+            upsert = values_upsert(compiled.string, list(rows[0]), self.table_name)
+            self._values[id(statement)] = upsert
+        return upsert_values(connection.connection.dbapi_connection, upsert, rows)
 
     def delete(
         self,
@@ -211,7 +191,7 @@ class SqlSink:
         for ``upsert``, in the deletion's transaction."""
         if action == "mark":
             return self._write({self.key: key}, version, deletes=None, deleted=True, then=then)
-        with self._errors():
+        with write_errors(self.table_name):
             tombstones = self._ensure_tombstones()
             with self.engine.begin() as connection:
                 if then is not None:
@@ -249,23 +229,6 @@ class SqlSink:
         if layout.extra:
             row[EXTRA_COLUMN] = json.dumps(layout.extra, sort_keys=True, default=str)
         return row
-
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except OperationalError as exc:
-            raise TransientError(
-                f"sink {self.table_name}: database unavailable: {exc.orig}"
-            ) from None
-        except psycopg2.OperationalError as exc:  # from the driver itself (``_upsert_values``)
-            raise TransientError(f"sink {self.table_name}: database unavailable: {exc}") from None
-        except psycopg2.Error as exc:
-            raise PermanentError(f"sink {self.table_name}: rejected: {exc}") from None
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise TransientError(f"sink {self.table_name}: connection lost") from None
-            raise PermanentError(f"sink {self.table_name}: rejected: {exc.orig}") from None
 
     def _dialect(self) -> Any:
         return postgresql if self.engine.dialect.name == "postgresql" else sqlite
@@ -374,7 +337,7 @@ class SqlSink:
         except DBAPIError as exc:
             present = {c["name"] for c in inspect(engine).get_columns(self.table_name)}
             if name not in present:
-                raise _ddl_error(self.table_name, statement, exc) from None
+                raise ddl_error(self.table_name, statement, exc) from None
 
     def count(self) -> int:
         with self.engine.connect() as connection:
@@ -400,16 +363,7 @@ def _create(engine: Engine, table: Table) -> None:
         table.create(engine, checkfirst=True)
     except DBAPIError as exc:
         if not inspect(engine).has_table(table.name):
-            raise _ddl_error(table.name, f'CREATE TABLE "{table.name}"', exc) from None
-
-
-def _ddl_error(table: str, statement: str, exc: DBAPIError) -> Exception:
-    """A refused DDL statement is permanent for the record (the schema will not change by
-    itself); a lost connection or a lock timeout stays what it was, and is retried."""
-    text_of = str(exc.orig).lower()
-    if exc.connection_invalidated or "locked" in text_of or "timeout" in text_of:
-        return exc
-    return PermanentError(f"sink {table}: {statement} failed: {exc.orig}")
+            raise ddl_error(table.name, f'CREATE TABLE "{table.name}"', exc) from None
 
 
 def _value(value: Any) -> Any:

@@ -59,6 +59,8 @@ visibility_timeout = VISIBILITY_TIMEOUT  # all three places (PITFALLS 3)
 
 worker_send_task_events = True  # Flower sees tasks (PITFALLS 37)
 task_send_sent_event = True
+# ... in task.multi batches a quarter-second apart, not one PUBLISH per event (tasks/consumer.py)
+worker_consumer = "tasks.consumer:EventBatchingConsumer"
 worker_hijack_root_logger = True
 
 task_default_queue = PROCESS_QUEUE

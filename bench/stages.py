@@ -130,11 +130,12 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
     half = len(rows) // 2
     single, chunked = rows[:half], rows[half:]
 
-    trips[0], started = 0, time.perf_counter()
+    trips[0], started, server = 0, time.perf_counter(), postgres_cpu()
     for row_id in single:
         delivery = sync.Delivery(token=f"s{row_id}", redelivered=False)
         assert sync.process_record(hub, row_id, delivery=delivery).status == "done"
     single_s, single_trips = time.perf_counter() - started, trips[0]
+    single_server_s = postgres_cpu() - server
 
     trips[0], started = 0, time.perf_counter()
     for start in range(0, len(chunked), 500):
@@ -148,9 +149,27 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
         "fetch_per_s": round(records / fetch_s),
         "per_record_ms": round(single_s * 1000 / len(single), 2),
         "per_record_round_trips": round(single_trips / len(single), 1),
+        "per_record_postgres_cpu_ms": round(single_server_s * 1000 / len(single), 3),
         "batched_per_s": round(len(chunked) / batch_s),
         "batched_round_trips_per_chunk": round(batch_trips / chunks, 1),
     }
+
+
+def postgres_cpu() -> float:
+    """User + system seconds of every Postgres server process on this host (Linux ``/proc``):
+    the server's work, whatever the wall clock of a shared machine does."""
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or not (entry / "cmdline").read_bytes().startswith(
+                b"postgres"
+            ):
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def _counting_cursor(trips: list[int]) -> Any:

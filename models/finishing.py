@@ -17,6 +17,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.dialects.postgresql import psycopg2
 from sqlalchemy.orm import Session
 
+from models.prepared import Statement
 from models.rollups import COUNTERS, bucket_column, minute_of, this_shard
 from models.schema import OPEN, RecordStatus, others_than, sql_list
 from models.values import utcnow
@@ -41,12 +42,23 @@ def mark_done(
     return int(session.execute(statement, params).scalar_one())
 
 
-def done_then(row_id: int, duration_ms: float) -> tuple[str, dict[str, Any]]:
+# the types of the parameters a prepared done mark cannot infer (two in its SELECT list, one
+# used twice)
+DONE_TYPES = {
+    "_ihub_ids": "bigint[]",
+    "_ihub_now": "timestamp",
+    "_ihub_ms": "double precision",
+    "_ihub_minute": "timestamp",
+    "_ihub_shard": "integer",
+}
+
+
+def done_then(row_id: int, duration_ms: float) -> Statement:
     """``mark_done`` of one row as psycopg2 SQL and its parameters, for a sink write of the
     same database to run in its transaction (``SqlSink.upsert(then=...)``). The parameter
     names start with ``_ihub_``, which no sink column may take for its own."""
     sql = _driver_sql(bucket_column(duration_ms))
-    return sql, _params([row_id], duration_ms, utcnow())
+    return Statement(sql, _params([row_id], duration_ms, utcnow()), DONE_TYPES)
 
 
 def _params(row_ids: list[int], duration_ms: float, now: datetime) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, DateTime, bindparam, func, select, text, upda
 from sqlalchemy.dialects.postgresql import psycopg2
 from sqlalchemy.orm import Session
 
-from models import deadletters, finishing, rollups, runs
+from models import deadletters, finishing, prepared, rollups, runs
 from models.db import autocommit_engine, get_engine, is_sqlite, session_scope
 from models.redaction import redact
 from models.schema import OPEN, RecordStatus, StagedRecord, others_than, sql_list
@@ -128,17 +128,19 @@ def _claim_waiting_pg(
     on (``SET LOCAL synchronous_commit``, in the same query string, for this transaction
     alone): it is visible at once, and a crash of the server that loses it loses every later
     commit too (the write-ahead log is flushed in order), so the row is simply waiting again."""
-    params = _claim_params(row_id, deadline, token)
+    claim = prepared.Statement(_claim_sql(), _claim_params(row_id, deadline, token))
     with autocommit_engine(database_url).connect() as connection:
-        row = connection.exec_driver_sql(_claim_sql(), params).first()
+        row = prepared.send(connection, [claim], prefix=NO_WAIT).first()
     return None if row is None else Claim.of(row)
+
+
+NO_WAIT = "SET LOCAL synchronous_commit = off"
 
 
 @functools.cache
 def _claim_sql() -> str:
-    """``_CLAIM_WAITING`` as psycopg2 SQL, after its SET LOCAL."""
-    compiled = _CLAIM_WAITING.compile(dialect=psycopg2.dialect())
-    return f"SET LOCAL synchronous_commit = off;\n{compiled}"
+    """``_CLAIM_WAITING`` as psycopg2 SQL."""
+    return str(_CLAIM_WAITING.compile(dialect=psycopg2.dialect()))
 
 
 def _claim_params(row_id: int, deadline: float, token: str | None) -> dict[str, Any]:

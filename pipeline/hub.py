@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from models import integrations
+from models import integrations, prepared
 from models.db import normalize_url
 from models.redaction import register_secret
 from models.tokens import TokenStore
@@ -44,9 +44,11 @@ class Hub:
     _shared_sinks: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Static headers, parameters and URL passwords are masked in this process's logs."""
+        """Static headers, parameters and URL passwords are masked in this process's logs;
+        the process prepares its record path's statements unless told not to."""
         for secret in secrets_of(self.config):
             register_secret(secret)
+        prepared.use(self.settings.pg_prepare)
 
     @classmethod
     def from_env(cls) -> Hub:

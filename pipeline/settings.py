@@ -47,6 +47,7 @@ class Settings(BaseModel):
     fetch_time_limit: PositiveFloat = Field(1800.0, description="hard limit of one fetch run")
     fetch_lease_ttl: PositiveFloat = Field(60.0, description="seconds a fetch lease outlives it")
     retention_days: PositiveFloat = Field(7.0, description="days done records are kept")
+    pg_prepare: bool = Field(True, description="prepared statements on Postgres' record path")
     visibility_timeout: PositiveInt = Field(7200, description="Redis redelivery timeout")
     web_user: str = Field("", description="status page HTTP Basic user")
     web_password: str = Field("", repr=False, description="status page HTTP Basic password")

@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
+from models import prepared
 from models.db import autocommit_engine, get_engine
 from pipeline.errors import PermanentError
 from pipeline.sinks.columns import DEFAULT_MAX_COLUMNS, EXTRA_COLUMN, ColumnMap
@@ -46,7 +47,7 @@ VERSION_COLUMN = "_ihub_version"
 SYNCED_COLUMN = "_ihub_synced_at"
 DELETED_COLUMN = "_ihub_deleted"  # with deletes: {action: mark}
 TOMBSTONE_TABLE = "_ihub_tombstones"  # with deletes: {action: delete}
-Then = tuple[str, dict[str, Any]]  # a statement of the sink's database, psycopg2 SQL and params
+Then = prepared.Statement  # a statement of the sink's database, run in the write's transaction
 
 
 class SqlSink:
@@ -113,7 +114,7 @@ class SqlSink:
                 return self._send_with(then, table, row)
             with self.engine.begin() as conn:
                 if then is not None:
-                    conn.exec_driver_sql(*then)
+                    conn.exec_driver_sql(then.sql, dict(then.params))
                 if deletes == "delete" and self._buried(conn, row[self.key], version):
                     return False
                 result = conn.execute(self._statement_for(table, row), row)
@@ -123,10 +124,9 @@ class SqlSink:
         """``then`` and the upsert of ``row`` as one query string, in autocommit: Postgres runs
         the statements of one query as one transaction. The upsert goes last, so its row count
         is the one the driver reports."""
-        sql, params = self._driver_statement(table, row)
+        upsert = prepared.Statement(*self._driver_statement(table, row), prepare=False)
         with autocommit_engine(self.database_url).connect() as connection:
-            result = connection.exec_driver_sql(f"{then[0]};\n{sql}", {**then[1], **params})
-            return bool(result.rowcount)
+            return bool(prepared.send(connection, [then, upsert]).rowcount)
 
     def upsert_many(
         self, records: list[tuple[dict[str, Any], str]], *, connection: Connection
@@ -195,7 +195,7 @@ class SqlSink:
             tombstones = self._ensure_tombstones()
             with self.engine.begin() as connection:
                 if then is not None:
-                    connection.exec_driver_sql(*then)
+                    connection.exec_driver_sql(then.sql, dict(then.params))
                 self._lock_key(connection, key)
                 values = {"tbl": self.table_name, "key": key, "version": version}
                 insert = self._dialect().insert(tombstones).values(values)
@@ -276,7 +276,7 @@ class SqlSink:
             self._statements[key] = statement
         return statement
 
-    def _driver_statement(self, table: Table, row: dict[str, Any]) -> Then:
+    def _driver_statement(self, table: Table, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The upsert of ``row`` as psycopg2 SQL and parameters, compiled once per statement.
         No bind processor is applied: the values are what ``_row`` makes of a record (JSON
         scalars; objects and lists as JSON text), which psycopg2 adapts itself and Postgres

@@ -1,0 +1,146 @@
+"""Named prepared statements for ihub's own statements on a record's path (Postgres).
+
+Sent as text, a statement is parsed, analysed and planned at each execution, and for the
+statements every record sends (the claim; the done mark with its rollup, three
+data-modifying parts) that is much of the server's work (bench/README.md, "What a round trip
+to Postgres costs here"). ``send`` prepares each statement once per
+connection, in the same query string as its first ``EXECUTE``, so preparing costs no round
+trip of its own. What a connection has prepared is kept in its ``info`` (it lives as long as
+the driver's connection). A server that lost them (``DISCARD ALL``, a pooler handing the
+session to another client) answers "does not exist": the statements are prepared again and
+the query string, which ran as one transaction and was rolled back whole, is sent once more.
+
+``IHUB_PG_PREPARE=0`` (``use(False)``, which the hub calls with its setting) turns it off,
+for a transaction-pooling PgBouncer, which does not keep a session's prepared statements: the
+statements are then sent as text in the same query strings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+PREPARED_KEY = "ihub_prepared"
+# invalid_sql_statement_name, duplicate_prepared_statement, "cached plan must not change result
+# type": what the server holds differs from what this connection believes; prepare again
+LOST = {"26000", "42P05", "0A000"}
+_PLACEHOLDER = re.compile(r"%\(([^)]+)\)s")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement as psycopg2 SQL (``%(name)s`` placeholders) with its parameters.
+    ``types`` names a parameter's SQL type where the statement's context cannot tell it
+    (a parameter in a SELECT list, say); the others take the type their use implies, once,
+    when the statement is prepared. So only statements on ihub's own tables are prepared: a
+    sink table's columns are its owner's to alter, and a parameter typed by yesterday's
+    column would coerce today's value to it (a float cut to the integer the column was)."""
+
+    sql: str
+    params: Mapping[str, Any]
+    types: Mapping[str, str] | None = None
+    prepare: bool = True  # False: sent as text in the same query string
+
+
+_enabled = [True]
+
+
+def use(enabled: bool) -> None:
+    """Prepare statements in this process (the default), or send them as text."""
+    _enabled[0] = enabled
+
+
+def enabled() -> bool:
+    return _enabled[0]
+
+
+def send(connection: Connection, statements: Sequence[Statement], prefix: str = "") -> Any:
+    """Run ``statements`` (after ``prefix``, plain SQL such as a ``SET LOCAL``) in one query
+    string on ``connection``, an autocommit connection to Postgres: one round trip, one
+    transaction. The result is the last statement's."""
+    if not enabled():
+        parts = [prefix] if prefix else []
+        sql = ";\n".join([*parts, *(statement.sql for statement in statements)])
+        return connection.exec_driver_sql(sql, _merged(statements))
+    for attempt in (1, 2):
+        prepared: set[str] = connection.info.setdefault(PREPARED_KEY, set())
+        sql, names = _query(statements, prefix, prepared)
+        try:
+            result = connection.exec_driver_sql(sql, _merged(statements))
+        except DBAPIError as exc:
+            _forget(connection)
+            if attempt == 2 or getattr(exc.orig, "pgcode", None) not in LOST:
+                raise
+            continue
+        prepared.update(names)
+        return result
+    raise AssertionError("unreachable")
+
+
+def _query(
+    statements: Sequence[Statement], prefix: str, prepared: set[str]
+) -> tuple[str, list[str]]:
+    parts, names = [], []
+    for statement in statements:
+        if not statement.prepare:
+            continue
+        name, order, body = _split(statement.sql, _frozen(statement.types))
+        if name not in prepared:
+            types = statement.types or {}
+            declared = ", ".join(types.get(key, "unknown") for key in order)
+            signature = f" ({declared})" if order else ""
+            parts.append(f"PREPARE {name}{signature} AS {body}")
+            names.append(name)
+    if prefix:
+        parts.append(prefix)
+    for statement in statements:
+        if not statement.prepare:
+            parts.append(statement.sql)
+            continue
+        name, order, _ = _split(statement.sql, _frozen(statement.types))
+        args = ", ".join(f"%({key})s" for key in order)
+        parts.append(f"EXECUTE {name}({args})" if order else f"EXECUTE {name}")
+    return ";\n".join(parts), names
+
+
+@functools.cache
+def _split(sql: str, types: tuple[tuple[str, str], ...]) -> tuple[str, tuple[str, ...], str]:
+    """(the statement's name, its parameter names in ``$n`` order, its body with ``$n``)."""
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in order:
+            order.append(key)
+        return f"${order.index(key) + 1}"
+
+    body = _PLACEHOLDER.sub(number, sql.strip())
+    digest = hashlib.sha1(repr((body, types)).encode(), usedforsecurity=False).hexdigest()
+    return f"ihub_{digest[:24]}", tuple(order), body
+
+
+def _frozen(types: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((types or {}).items()))
+
+
+def _merged(statements: Sequence[Statement]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for statement in statements:
+        merged.update(statement.params)
+    return merged
+
+
+def _forget(connection: Connection) -> None:
+    """After a failed query string the server may hold some of its statements and not
+    others (PREPARE is not undone by a rollback): drop them all, prepare afresh next time."""
+    connection.info.pop(PREPARED_KEY, None)
+    with contextlib.suppress(DBAPIError):  # a broken connection goes, its statements with it
+        connection.exec_driver_sql("DEALLOCATE ALL")

@@ -1,0 +1,171 @@
+"""Prepared statements on a record's path (models/prepared.py), on a real Postgres.
+
+A statement is prepared once per connection, in the query string of its first EXECUTE; a
+server that lost the statements, or a query string that failed halfway, leaves the next one
+working; IHUB_PG_PREPARE=0 sends plain text; and a record processed with them counts the
+same duration in its row and in the minute's rollup (the done mark's parameter types).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from models import prepared, queue
+from models.db import autocommit_engine, session_scope
+from models.prepared import Statement
+from pipeline.config import parse_config
+from pipeline.delta import SourceRecord
+from pipeline.hub import Hub
+from pipeline.settings import settings_from_env
+from pipeline.sync import process_record
+from pipeline.timefmt import utcnow
+
+UPSERT = Statement(
+    "INSERT INTO pairs (k, n) VALUES (%(k)s, %(n)s)"
+    " ON CONFLICT (k) DO UPDATE SET n = excluded.n WHERE pairs.n < excluded.n",
+    {"k": "a", "n": 1},
+)
+
+
+def statements(connection: Connection) -> dict[str, int]:
+    """The statements this connection's server session holds: name -> executions."""
+    rows = connection.exec_driver_sql(
+        "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements"
+    )
+    return {name: int(count) for name, count in rows}
+
+
+def value(connection: Connection, k: str = "a") -> Any:
+    return connection.exec_driver_sql("SELECT n FROM pairs WHERE k = %(k)s", {"k": k}).scalar()
+
+
+@pytest.fixture
+def connection(pg_url: str) -> Any:
+    with autocommit_engine(pg_url).connect() as connection:
+        connection.exec_driver_sql("CREATE TABLE pairs (k text PRIMARY KEY, n bigint)")
+        yield connection
+
+
+def test_a_statement_is_prepared_once_and_executed_after(connection: Connection) -> None:
+    for n in (1, 2, 3):
+        result = prepared.send(connection, [Statement(UPSERT.sql, {"k": "a", "n": n})])
+        assert result.rowcount == 1
+    assert list(statements(connection).values()) == [3]  # one statement, three executions
+    assert value(connection) == 3
+    guarded = prepared.send(connection, [Statement(UPSERT.sql, {"k": "a", "n": 2})])
+    assert guarded.rowcount == 0 and value(connection) == 3  # the guard is in the statement
+
+
+def test_statements_the_server_lost_are_prepared_again(connection: Connection) -> None:
+    prepared.send(connection, [UPSERT])
+    connection.exec_driver_sql("DEALLOCATE ALL")  # what DISCARD ALL or a pooler does
+    result = prepared.send(connection, [Statement(UPSERT.sql, {"k": "a", "n": 5})])
+    assert result.rowcount == 1 and value(connection) == 5
+    assert len(statements(connection)) == 1
+
+
+def test_a_failed_query_string_leaves_the_connection_working(connection: Connection) -> None:
+    """PREPARE is not rolled back with its query string: the next send must not collide with
+    what the failed one left on the server."""
+    failing = Statement("SELECT 1 / %(zero)s", {"zero": 0}, {"zero": "integer"})
+    with pytest.raises(DBAPIError):
+        prepared.send(connection, [UPSERT, failing])
+    assert value(connection) is None  # one transaction: the upsert before it was undone
+    result = prepared.send(connection, [UPSERT, Statement(failing.sql, {"zero": 1})])
+    assert result.scalar() == 1 and value(connection) == 1
+
+
+def test_prefix_runs_in_the_same_transaction(connection: Connection) -> None:
+    result = prepared.send(
+        connection,
+        [Statement("SELECT current_setting('synchronous_commit')", {})],
+        prefix="SET LOCAL synchronous_commit = off",
+    )
+    assert result.scalar() == "off"
+    after = connection.exec_driver_sql("SELECT current_setting('synchronous_commit')").scalar()
+    assert after == "on"  # SET LOCAL ended with the query string's transaction
+
+
+def test_turned_off_sends_text(connection: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prepared, "_enabled", [False])
+    for n in (1, 2):
+        prepared.send(connection, [Statement(UPSERT.sql, {"k": "a", "n": n})])
+    assert statements(connection) == {} and value(connection) == 2
+
+
+def test_a_record_counts_the_same_duration_in_its_row_and_its_rollup(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The done mark's duration is a parameter used twice (the row's, the rollup's sum): it
+    must stay a float in both, on the first execution and on the generic plan after five."""
+    settings = settings_from_env({"IHUB_DATABASE_URL": pg_url, "IHUB_HOME": str(tmp_path)})
+    config = parse_config(
+        {
+            "integrations": {
+                "items": {"source": {"url": "https://api.example.com/i"}, "sink": {"table": "t"}}
+            }
+        },
+        file="x",
+        env={},
+    )
+    hub = Hub(settings, config)
+    now = utcnow()
+    records = [SourceRecord(f"r{i}", now, {"id": f"r{i}", "n": i}) for i in range(8)]
+    with session_scope(pg_url) as session:
+        row_ids = queue.stage(session, "items", None, records, due_in=300)
+    assert [process_record(hub, row_id).status for row_id in row_ids] == ["done"] * 8
+    with autocommit_engine(pg_url).connect() as connection:
+        durations = connection.exec_driver_sql(
+            "SELECT count(*), sum(duration_ms) FROM ihub_records WHERE status = 'done'"
+        ).one()
+        rolled = connection.exec_driver_sql(
+            "SELECT sum(done), sum(duration_count), sum(duration_sum_ms) FROM ihub_rollups"
+        ).one()
+        written = connection.exec_driver_sql("SELECT count(*) FROM t").scalar()
+    assert durations[0] == 8 and rolled[0] == 8 and rolled[1] == 8 and written == 8
+    assert durations[1] > 0 and rolled[2] == pytest.approx(durations[1])
+    assert durations[1] != round(durations[1])  # not cut to whole milliseconds
+
+
+def test_the_setting_reaches_the_process(tmp_path: Path) -> None:
+    """IHUB_PG_PREPARE=0 (for a transaction-pooling PgBouncer) is the hub's to apply."""
+    config = parse_config({"integrations": {}}, file="x", env={})
+    try:
+        Hub(settings_from_env({"IHUB_HOME": str(tmp_path), "IHUB_PG_PREPARE": "0"}), config)
+        assert prepared.enabled() is False
+        Hub(settings_from_env({"IHUB_HOME": str(tmp_path)}), config)
+        assert prepared.enabled() is True
+    finally:
+        prepared.use(True)
+
+
+def test_a_sink_column_altered_under_a_running_worker_takes_the_new_type(pg_url: str) -> None:
+    """The sink's upsert is sent as text beside the prepared done mark: after its owner
+    widens a column, the next value lands as it is, not coerced to the old type."""
+    from models import finishing
+    from pipeline.sinks.sql import SqlSink
+
+    sink = SqlSink(pg_url, "items", "id")
+    with session_scope(pg_url) as session:
+        first, second = queue.stage(
+            session,
+            "items",
+            None,
+            [SourceRecord(key, utcnow(), {"id": key}) for key in ("a", "b")],
+            due_in=300,
+        )
+    assert sink.upsert({"id": "a", "n": 1}, "v1", then=finishing.done_then(first, 1.0))
+    with autocommit_engine(pg_url).connect() as connection:
+        connection.exec_driver_sql("ALTER TABLE items ALTER COLUMN n TYPE double precision")
+    assert sink.upsert({"id": "b", "n": 1.5}, "v1", then=finishing.done_then(second, 1.0))
+    with autocommit_engine(pg_url).connect() as connection:
+        n = connection.exec_driver_sql("SELECT n FROM items WHERE id = 'b'").scalar()
+        done = connection.exec_driver_sql(
+            "SELECT count(*) FROM ihub_records WHERE status = 'done'"
+        ).scalar()
+    assert n == 1.5 and done == 2

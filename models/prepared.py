@@ -76,6 +76,8 @@ def send(connection: Connection, statements: Sequence[Statement], prefix: str = 
         try:
             result = connection.exec_driver_sql(sql, _merged(statements))
         except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise  # the server session is gone, and its statements with it
             _forget(connection)
             if attempt == 2 or getattr(exc.orig, "pgcode", None) not in LOST:
                 raise

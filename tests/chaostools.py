@@ -352,6 +352,14 @@ def compare(
     }
 
 
+def assert_nothing_lost(figures: dict[str, Any], database_url: str) -> None:
+    """No record missing, extra, written twice or dead; a dead letter's reason in the message."""
+    lost = {key: figures[key] for key in ("missing", "extra", "duplicates", "dead")}
+    letters = queue.list_dead(database_url, limit=5) if figures["dead"] else []
+    reasons = [f"{dead['error_class']}: {dead['message']}" for dead in letters]
+    assert set(lost.values()) == {0}, f"{lost}; dead letters: {reasons}"
+
+
 def report(scenario: str, figures: dict[str, Any]) -> None:
     """Print the figures; append them to $IHUB_CHAOS_REPORT when it is set."""
     line = json.dumps({"scenario": scenario, **figures}, sort_keys=True)

@@ -80,6 +80,22 @@ def test_a_failed_query_string_leaves_the_connection_working(connection: Connect
     assert result.scalar() == 1 and value(connection) == 1
 
 
+def test_a_connection_lost_mid_send_raises_as_a_lost_connection(pg_url: str) -> None:
+    """A Postgres restart cuts the connection: the caller sees the driver's lost connection
+    (retried as an outage), not SQLAlchemy's refusal to reuse it (dead-lettered)."""
+    with autocommit_engine(pg_url).connect() as connection:
+        assert prepared.send(connection, [Statement("SELECT %(a)s::int + 1", {"a": 1})])
+        backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with autocommit_engine(pg_url).connect() as killer:
+            killer.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": backend})
+        with pytest.raises(DBAPIError) as lost:
+            prepared.send(connection, [Statement("SELECT %(a)s::int + 1", {"a": 1})])
+        assert lost.value.connection_invalidated
+    with autocommit_engine(pg_url).connect() as connection:  # the pool hands out a new one
+        again = prepared.send(connection, [Statement("SELECT %(a)s::int + 1", {"a": 2})])
+        assert again.scalar() == 3
+
+
 def test_prefix_runs_in_the_same_transaction(connection: Connection) -> None:
     result = prepared.send(
         connection,

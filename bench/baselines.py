@@ -35,11 +35,10 @@ def noop_ceiling(
     took = group.wait_ready(noop_tasks.app, bench.deadline)
     say(f"no-op:      {workers} worker(s) x {concurrency} ({pool}) ready in {took:.1f}s")
     bench.redis.delete(noop_tasks.COUNTER)
-    task: Any = noop_tasks.app.tasks[noop_tasks.TASK]
+    from tasks.publishing import publish_each  # the way ihub publishes
+
     started = time.monotonic()
-    with noop_tasks.app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-        for i in range(n):
-            task.apply_async((i,), producer=producer)
+    publish_each(noop_tasks.app, noop_tasks.TASK, ((i,) for i in range(n)))
     say(f"  publish {time.monotonic() - started:7.1f}s  {n} no-op task(s) published")
 
     def progress() -> tuple[bool, str]:

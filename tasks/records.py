@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -17,12 +16,12 @@ from pipeline.settings import Settings
 from pipeline.spool import KEY, Spool, is_database_outage
 from tasks.broker import redis_client, start_broker
 from tasks.context import hub, leaving
+from tasks.publishing import publish_each
 
 # A database outage is retried by Celery on its own budget: about 25 minutes at 30 s apart;
 # past that the message is dropped and the reconciler republishes the row from the database.
 DATABASE_RETRIES = 50
 DATABASE_BACKOFF_MAX = 30.0
-PIPELINE = 1000
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -108,28 +107,16 @@ def publisher(app: Celery, hub: Hub, name: str) -> Callable[[list[int]], None]:
 
 
 def publish_batches(app: Celery, row_ids: list[int], size: int) -> None:
-    """One process_batch per ``size`` rows, over one pooled producer connection."""
+    """One process_batch per ``size`` rows (tasks.publishing: pipelined, events batched)."""
     start_broker(app)
-    task: Any = app.tasks["ihub.process_batch"]
-    with app.producer_or_acquire() as producer, _pipelined(producer):
-        for start in range(0, len(row_ids), size):
-            task.apply_async((row_ids[start : start + size],), producer=producer)
+    chunks = ((row_ids[start : start + size],) for start in range(0, len(row_ids), size))
+    publish_each(app, "ihub.process_batch", chunks)
 
 
 def publish_records(app: Celery, row_ids: list[int]) -> None:
-    """One process_record per row, over one pooled producer connection, pipelined."""
+    """One process_record per row (tasks.publishing: pipelined, events batched)."""
     start_broker(app)
-    task: Any = app.tasks["ihub.process_record"]
-    with app.producer_or_acquire() as producer, _pipelined(producer):
-        for row_id in row_ids:
-            task.apply_async((row_id,), producer=producer)
-
-
-def _pipelined(producer: Any) -> Any:
-    """kombu's publish batch (5.7+): the messages of a page go to Redis in pipelines of
-    PIPELINE commands, not one round trip each (measured: 2-4x the publish rate)."""
-    batch = getattr(producer, "batch", None)
-    return batch(max_size=PIPELINE) if batch is not None else contextlib.nullcontext()
+    publish_each(app, "ihub.process_record", ((row_id,) for row_id in row_ids))
 
 
 _spools: dict[int, Spool] = {}

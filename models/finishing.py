@@ -36,9 +36,7 @@ def mark_done(
     ``started``): the rows were locked, not claimed, by this transaction; count the attempt
     and record the claim in the same write."""
     statement = _statement(bucket_column(duration_ms), claimed_here=claim is not None)
-    params = _params(row_ids, duration_ms, now)
-    if claim is not None:
-        params.update(_ihub_token=claim["token"], _ihub_started=claim["started"])
+    params = _params(row_ids, duration_ms, now, claim)
     return int(session.execute(statement, params).scalar_one())
 
 
@@ -53,27 +51,33 @@ DONE_TYPES = {
 }
 
 
-def done_then(row_id: int, duration_ms: float) -> Statement:
+def done_then(row_id: int, duration_ms: float, *, claim: dict[str, Any] | None = None) -> Statement:
     """``mark_done`` of one row as psycopg2 SQL and its parameters, for a sink write of the
     same database to run in its transaction (``SqlSink.upsert(then=...)``). The parameter
-    names start with ``_ihub_``, which no sink column may take for its own."""
-    sql = _driver_sql(bucket_column(duration_ms))
-    return Statement(sql, _params([row_id], duration_ms, utcnow()), DONE_TYPES)
+    names start with ``_ihub_``, which no sink column may take for its own. ``claim`` as in
+    ``mark_done``: the row was read, not claimed (``models.peek``)."""
+    sql = _driver_sql(bucket_column(duration_ms), claim is not None)
+    return Statement(sql, _params([row_id], duration_ms, utcnow(), claim), DONE_TYPES)
 
 
-def _params(row_ids: list[int], duration_ms: float, now: datetime) -> dict[str, Any]:
-    return {
+def _params(
+    row_ids: list[int], duration_ms: float, now: datetime, claim: dict[str, Any] | None
+) -> dict[str, Any]:
+    params = {
         "_ihub_ids": row_ids,
         "_ihub_now": now,
         "_ihub_ms": duration_ms,
         "_ihub_minute": minute_of(now),
         "_ihub_shard": this_shard(),
     }
+    if claim is not None:
+        params.update(_ihub_token=claim["token"], _ihub_started=claim["started"])
+    return params
 
 
 @functools.cache
-def _driver_sql(bucket: str) -> str:
-    return str(_statement(bucket).compile(dialect=psycopg2.dialect()))
+def _driver_sql(bucket: str, claimed_here: bool = False) -> str:
+    return str(_statement(bucket, claimed_here).compile(dialect=psycopg2.dialect()))
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from models import deadletters, finishing, integrations, queue
+from models import deadletters, finishing, integrations, peek, queue
 from models.redaction import redact
 from pipeline import transform
 from pipeline.delta import is_deletion
@@ -110,18 +110,28 @@ def process_record(
 def _claim_and_write(
     hub: Hub, row_id: int, delivery: Delivery, deadline: float
 ) -> Outcome | tuple[queue.Claim | None, Exception | None]:
-    """Claim the row, then, when its sink is a table of this Postgres database, write it and
-    mark it done in one transaction sent as one query string: two round trips in all for the
-    common case (bench/stages.py counts them).
+    """Write the record and mark it done in one transaction, sent as one query string, when
+    its sink is a table of this Postgres database; otherwise, or when that write fails,
+    claim the row and hand the caller (the claim, the write's error).
 
-    The claim commits on its own first: a worker lost before its write completed leaves the
-    row processing with its delivery counted, so a record that kills its worker every time is
-    dead-lettered after ``MAX_CRASH_REDELIVERIES`` instead of looping. (A write that reached
-    the server commits with its done mark even if the worker dies meanwhile: the record is
-    done, once.) Otherwise, or when the write fails (rolled back with its done mark), the
-    caller goes on: (claim, the error).
+    A first delivery reads the row (``models.peek``) and its done mark counts the attempt:
+    two round trips and one write of the row for the common case (bench/stages.py counts
+    them). A redelivery, or a row not waiting, takes the written claim first, which commits
+    on its own: a worker lost before its write completed leaves the row processing with its
+    delivery counted, so a record that kills its worker every time is dead-lettered after
+    ``MAX_CRASH_REDELIVERIES`` instead of looping (its first, uncounted, delivery adds one).
+    A write that reached the server commits with its done mark even if the worker dies
+    meanwhile: the record is done, once. A write that fails is rolled back with its done mark.
     """
     started = time.perf_counter()
+    failure: Exception | None = None
+    if hub.database_url.startswith("postgresql") and not delivery.redelivered:
+        waiting = peek.peek_waiting(hub.database_url, row_id)
+        if waiting is not None and _writes_in_transaction(hub, waiting):
+            claimed = {"token": delivery.token, "started": utcnow()}
+            failure = _write_then_done(hub, waiting, started, claim_here=claimed)
+            if failure is None:
+                return Outcome("done")
     claim = queue.claim(
         hub.database_url,
         row_id,
@@ -131,19 +141,28 @@ def _claim_and_write(
     )
     if claim is None:
         return Outcome("skipped")
-    if not _writes_in_transaction(hub, claim):
-        return claim, None
+    if failure is not None or not _writes_in_transaction(hub, claim):
+        return claim, failure
+    failure = _write_then_done(hub, claim, started)
+    return Outcome("done") if failure is None else (claim, failure)
+
+
+def _write_then_done(
+    hub: Hub, claim: queue.Claim, started: float, *, claim_here: dict[str, Any] | None = None
+) -> Exception | None:
+    """The fused write (sink upsert and done mark, one query string); its error, if any. A
+    database outage raises: the task retries it whole."""
     try:
         record = _prepare(hub, claim)
         # the time until the write is sent: the claim and the transform (the write's own
         # round trip is the one that records it)
-        done = finishing.done_then(row_id, (time.perf_counter() - started) * 1000)
-        _send(hub, claim, record, then=done)
-        return Outcome("done")
+        elapsed = (time.perf_counter() - started) * 1000
+        _send(hub, claim, record, then=finishing.done_then(claim.row_id, elapsed, claim=claim_here))
     except Exception as exc:
         if is_database_outage(exc):
             raise
-        return claim, exc
+        return exc
+    return None
 
 
 def _writes_in_transaction(hub: Hub, claim: queue.Claim) -> bool:

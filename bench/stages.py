@@ -96,6 +96,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             event.listen(engine, "checkout", count_cursors)
             event.listen(engine, "begin", count_transaction)
             event.listen(engine, "commit", count_transaction)
+        _count_driver_connections(count_cursors)
         found = _measure(args.records, trips)
     finally:
         source.stop()
@@ -131,11 +132,13 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
     single, chunked = rows[:half], rows[half:]
 
     trips[0], started, server = 0, time.perf_counter(), postgres_cpu()
+    client = time.process_time()
     for row_id in single:
         delivery = sync.Delivery(token=f"s{row_id}", redelivered=False)
         assert sync.process_record(hub, row_id, delivery=delivery).status == "done"
     single_s, single_trips = time.perf_counter() - started, trips[0]
     single_server_s = postgres_cpu() - server
+    single_client_s = time.process_time() - client
 
     trips[0], started = 0, time.perf_counter()
     for start in range(0, len(chunked), 500):
@@ -150,6 +153,7 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
         "per_record_ms": round(single_s * 1000 / len(single), 2),
         "per_record_round_trips": round(single_trips / len(single), 1),
         "per_record_postgres_cpu_ms": round(single_server_s * 1000 / len(single), 3),
+        "per_record_client_cpu_ms": round(single_client_s * 1000 / len(single), 3),
         "batched_per_s": round(len(chunked) / batch_s),
         "batched_round_trips_per_chunk": round(batch_trips / chunks, 1),
     }
@@ -170,6 +174,23 @@ def postgres_cpu() -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / ticks
+
+
+def _count_driver_connections(count_cursors: Any) -> None:
+    """The record path's own kept connections (``models.driver``, where the checkout has it)
+    count their statements on the same cursors."""
+    try:
+        from models import driver
+    except ImportError:
+        return
+    connect = driver._connect
+
+    def counted(url: str) -> Any:
+        raw = connect(url)
+        count_cursors(raw)
+        return raw
+
+    driver._connect = counted
 
 
 def _counting_cursor(trips: list[int]) -> Any:

@@ -13,7 +13,6 @@ records: 7,162 and 6,267 rows a second before, 8,795 and 7,376 after).
 from __future__ import annotations
 
 import contextlib
-import json
 from datetime import datetime
 
 from sqlalchemy import select
@@ -42,10 +41,7 @@ def claim_many(session: Session, row_ids: list[int]) -> list[Claim]:
     if session.get_bind().dialect.name == "postgresql":
         with contextlib.closing(staging_pg.cursor(session)) as cur:
             cur.execute(_CLAIM_PG, (row_ids,))
-            return [
-                Claim(row_id, integration, record_id, version, json.loads(payload), tries, lost)
-                for row_id, integration, record_id, version, payload, tries, lost in cur
-            ]
+            return [Claim.of_values(values) for values in cur]
     table = StagedRecord.__table__
     statement = (
         select(*(table.c[column.key] for column in CLAIMED))

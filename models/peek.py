@@ -20,8 +20,7 @@ import functools
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg2
 
-from models import prepared
-from models.db import autocommit_engine
+from models import driver, prepared
 from models.queue import CLAIMED, Claim, S
 from models.schema import others_than, sql_list
 
@@ -35,9 +34,9 @@ def peek_waiting(database_url: str, row_id: int) -> Claim | None:
     """The row as a claim if it waits (pending or retrying), read in one round trip and
     written by nobody; None when it is held or finished (the written claim decides then)."""
     statement = prepared.Statement(_peek_sql(), {"row_id": row_id})
-    with autocommit_engine(database_url).connect() as connection:
-        row = prepared.send(connection, [statement]).first()
-    return None if row is None else Claim.of(row)
+    with driver.connection(database_url) as connection:
+        row = prepared.send(connection, [statement]).row
+    return None if row is None else Claim.of_values(row)
 
 
 @functools.cache

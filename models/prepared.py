@@ -3,12 +3,12 @@
 Sent as text, a statement is parsed, analysed and planned at each execution, and for the
 statements every record sends (the claim; the done mark with its rollup, three
 data-modifying parts) that is much of the server's work (bench/README.md, "What a round trip
-to Postgres costs here"). ``send`` prepares each statement once per
-connection, in the same query string as its first ``EXECUTE``, so preparing costs no round
-trip of its own. What a connection has prepared is kept in its ``info`` (it lives as long as
-the driver's connection). A server that lost them (``DISCARD ALL``, a pooler handing the
-session to another client) answers "does not exist": the statements are prepared again and
-the query string, which ran as one transaction and was rolled back whole, is sent once more.
+to Postgres costs here"). ``send`` prepares each statement once per connection, in the same
+query string as its first ``EXECUTE``, so preparing costs no round trip of its own. What a
+connection has prepared is kept with it (``models.driver``). A server that lost them
+(``DISCARD ALL``, a pooler handing the session to another client) answers "does not exist":
+the statements are prepared again and the query string, which ran as one transaction and was
+rolled back whole, is sent once more.
 
 ``IHUB_PG_PREPARE=0`` (``use(False)``, which the hub calls with its setting) turns it off,
 for a transaction-pooling PgBouncer, which does not keep a session's prepared statements: the
@@ -25,10 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
+import psycopg2
 
-PREPARED_KEY = "ihub_prepared"
+from models import driver
+from models.driver import DriverConnection
+
 # invalid_sql_statement_name, duplicate_prepared_statement, "cached plan must not change result
 # type": what the server holds differs from what this connection believes; prepare again
 LOST = {"26000", "42P05", "0A000"}
@@ -62,29 +63,43 @@ def enabled() -> bool:
     return _enabled[0]
 
 
-def send(connection: Connection, statements: Sequence[Statement], prefix: str = "") -> Any:
+@dataclass(frozen=True)
+class Sent:
+    """What the last statement of a query string gave: its row count and first row."""
+
+    rowcount: int
+    row: tuple[Any, ...] | None
+
+
+def send(connection: DriverConnection, statements: Sequence[Statement], prefix: str = "") -> Sent:
     """Run ``statements`` (after ``prefix``, plain SQL such as a ``SET LOCAL``) in one query
-    string on ``connection``, an autocommit connection to Postgres: one round trip, one
-    transaction. The result is the last statement's."""
+    string on ``connection`` (``models.driver``): one round trip, one transaction. The result
+    is the last statement's."""
     if not enabled():
         parts = [prefix] if prefix else []
         sql = ";\n".join([*parts, *(statement.sql for statement in statements)])
-        return connection.exec_driver_sql(sql, _merged(statements))
+        return _execute(connection, sql, _merged(statements))
     for attempt in (1, 2):
-        prepared: set[str] = connection.info.setdefault(PREPARED_KEY, set())
-        sql, names = _query(statements, prefix, prepared)
+        sql, names = _query(statements, prefix, connection.prepared)
         try:
-            result = connection.exec_driver_sql(sql, _merged(statements))
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
+            sent = _execute(connection, sql, _merged(statements))
+        except psycopg2.Error as exc:
+            if driver.is_lost(connection, exc):
                 raise  # the server session is gone, and its statements with it
             _forget(connection)
-            if attempt == 2 or getattr(exc.orig, "pgcode", None) not in LOST:
+            if attempt == 2 or exc.pgcode not in LOST:
                 raise
             continue
-        prepared.update(names)
-        return result
+        connection.prepared.update(names)
+        return sent
     raise AssertionError("unreachable")
+
+
+def _execute(connection: DriverConnection, sql: str, params: dict[str, Any]) -> Sent:
+    with connection.raw.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone() if cursor.description else None
+        return Sent(cursor.rowcount, row)
 
 
 def _query(
@@ -140,9 +155,10 @@ def _merged(statements: Sequence[Statement]) -> dict[str, Any]:
     return merged
 
 
-def _forget(connection: Connection) -> None:
+def _forget(connection: DriverConnection) -> None:
     """After a failed query string the server may hold some of its statements and not
     others (PREPARE is not undone by a rollback): drop them all, prepare afresh next time."""
-    connection.info.pop(PREPARED_KEY, None)
-    with contextlib.suppress(DBAPIError):  # a broken connection goes, its statements with it
-        connection.exec_driver_sql("DEALLOCATE ALL")
+    connection.prepared.clear()
+    # a broken connection goes, its statements with it
+    with contextlib.suppress(psycopg2.Error), connection.raw.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")

@@ -17,8 +17,8 @@ from sqlalchemy import Connection, DateTime, bindparam, func, select, text, upda
 from sqlalchemy.dialects.postgresql import psycopg2
 from sqlalchemy.orm import Session
 
-from models import deadletters, finishing, prepared, rollups, runs
-from models.db import autocommit_engine, get_engine, is_sqlite, session_scope
+from models import deadletters, driver, finishing, prepared, rollups, runs
+from models.db import get_engine, is_sqlite, session_scope
 from models.redaction import redact
 from models.schema import OPEN, RecordStatus, StagedRecord, others_than, sql_list
 from models.staging import stage as stage  # re-exported: callers stage through the queue
@@ -66,6 +66,14 @@ class Claim:
             payload,
             row.attempts,
             row.deliveries,
+        )
+
+    @classmethod
+    def of_values(cls, values: tuple[Any, ...]) -> Claim:
+        """The claim of a driver row: the ``CLAIMED`` columns in their order."""
+        row_id, integration, record_id, version, payload, attempts, deliveries = values
+        return cls(
+            row_id, integration, record_id, version, json.loads(payload), attempts, deliveries
         )
 
 
@@ -129,9 +137,9 @@ def _claim_waiting_pg(
     alone): it is visible at once, and a crash of the server that loses it loses every later
     commit too (the write-ahead log is flushed in order), so the row is simply waiting again."""
     claim = prepared.Statement(_claim_sql(), _claim_params(row_id, deadline, token))
-    with autocommit_engine(database_url).connect() as connection:
-        row = prepared.send(connection, [claim], prefix=NO_WAIT).first()
-    return None if row is None else Claim.of(row)
+    with driver.connection(database_url) as connection:
+        row = prepared.send(connection, [claim], prefix=NO_WAIT).row
+    return None if row is None else Claim.of_values(row)
 
 
 NO_WAIT = "SET LOCAL synchronous_commit = off"

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from models import prepared, queue
 from models.db import autocommit_engine, session_scope
@@ -36,17 +35,18 @@ def hub(pg_url: str, tmp_path: Path) -> Hub:
 
 
 @pytest.fixture
-def sent(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The statements sent on the record path's connections, as text (not prepared)."""
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The query strings sent on the record path's connections, as text (not prepared)."""
     monkeypatch.setattr(prepared, "_enabled", [False])
-    engine, found = autocommit_engine(pg_url), []
+    found: list[str] = []
+    execute = prepared._execute
 
-    def keep(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        found.append(" ".join(statement.split()))
+    def keep(connection: Any, sql: str, params: dict[str, Any]) -> prepared.Sent:
+        found.append(" ".join(sql.split()))
+        return execute(connection, sql, params)
 
-    event.listen(engine, "before_cursor_execute", keep)
-    yield found
-    event.remove(engine, "before_cursor_execute", keep)
+    monkeypatch.setattr(prepared, "_execute", keep)
+    return found
 
 
 def stage(url: str, *values: int) -> list[int]:

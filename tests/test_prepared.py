@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
-from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
-from models import prepared, queue
+from models import driver, prepared, queue
 from models.db import autocommit_engine, session_scope
+from models.driver import DriverConnection
 from models.prepared import Statement
 from pipeline.config import parse_config
 from pipeline.delta import SourceRecord
@@ -32,26 +32,33 @@ UPSERT = Statement(
 )
 
 
-def statements(connection: Connection) -> dict[str, int]:
+def query(connection: DriverConnection, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with connection.raw.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def statements(connection: DriverConnection) -> dict[str, int]:
     """The statements this connection's server session holds: name -> executions."""
-    rows = connection.exec_driver_sql(
-        "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements"
+    rows = query(
+        connection, "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements"
     )
     return {name: int(count) for name, count in rows}
 
 
-def value(connection: Connection, k: str = "a") -> Any:
-    return connection.exec_driver_sql("SELECT n FROM pairs WHERE k = %(k)s", {"k": k}).scalar()
+def value(connection: DriverConnection, k: str = "a") -> Any:
+    rows = query(connection, "SELECT n FROM pairs WHERE k = %(k)s", {"k": k})
+    return rows[0][0] if rows else None
 
 
 @pytest.fixture
 def connection(pg_url: str) -> Any:
-    with autocommit_engine(pg_url).connect() as connection:
-        connection.exec_driver_sql("CREATE TABLE pairs (k text PRIMARY KEY, n bigint)")
+    with driver.connection(pg_url) as connection:
+        query(connection, "CREATE TABLE pairs (k text PRIMARY KEY, n bigint)")
         yield connection
 
 
-def test_a_statement_is_prepared_once_and_executed_after(connection: Connection) -> None:
+def test_a_statement_is_prepared_once_and_executed_after(connection: DriverConnection) -> None:
     for n in (1, 2, 3):
         result = prepared.send(connection, [Statement(UPSERT.sql, {"k": "a", "n": n})])
         assert result.rowcount == 1
@@ -61,53 +68,77 @@ def test_a_statement_is_prepared_once_and_executed_after(connection: Connection)
     assert guarded.rowcount == 0 and value(connection) == 3  # the guard is in the statement
 
 
-def test_statements_the_server_lost_are_prepared_again(connection: Connection) -> None:
+def test_statements_the_server_lost_are_prepared_again(connection: DriverConnection) -> None:
     prepared.send(connection, [UPSERT])
-    connection.exec_driver_sql("DEALLOCATE ALL")  # what DISCARD ALL or a pooler does
+    query(connection, "DEALLOCATE ALL")  # what DISCARD ALL or a pooler does
     result = prepared.send(connection, [Statement(UPSERT.sql, {"k": "a", "n": 5})])
     assert result.rowcount == 1 and value(connection) == 5
     assert len(statements(connection)) == 1
 
 
-def test_a_failed_query_string_leaves_the_connection_working(connection: Connection) -> None:
+def test_a_failed_query_string_leaves_the_connection_working(connection: DriverConnection) -> None:
     """PREPARE is not rolled back with its query string: the next send must not collide with
     what the failed one left on the server."""
     failing = Statement("SELECT 1 / %(zero)s", {"zero": 0}, {"zero": "integer"})
-    with pytest.raises(DBAPIError):
+    with pytest.raises(psycopg2.Error):
         prepared.send(connection, [UPSERT, failing])
     assert value(connection) is None  # one transaction: the upsert before it was undone
     result = prepared.send(connection, [UPSERT, Statement(failing.sql, {"zero": 1})])
-    assert result.scalar() == 1 and value(connection) == 1
+    assert result.row == (1,) and value(connection) == 1
 
 
 def test_a_connection_lost_mid_send_raises_as_a_lost_connection(pg_url: str) -> None:
     """A Postgres restart cuts the connection: the caller sees the driver's lost connection
-    (retried as an outage), not SQLAlchemy's refusal to reuse it (dead-lettered)."""
-    with autocommit_engine(pg_url).connect() as connection:
-        assert prepared.send(connection, [Statement("SELECT %(a)s::int + 1", {"a": 1})])
-        backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-        with autocommit_engine(pg_url).connect() as killer:
-            killer.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": backend})
-        with pytest.raises(DBAPIError) as lost:
-            prepared.send(connection, [Statement("SELECT %(a)s::int + 1", {"a": 1})])
-        assert lost.value.connection_invalidated
-    with autocommit_engine(pg_url).connect() as connection:  # the pool hands out a new one
-        again = prepared.send(connection, [Statement("SELECT %(a)s::int + 1", {"a": 2})])
-        assert again.scalar() == 3
+    (retried as an outage), the connection is dropped, and the next use gets a new one."""
+    from pipeline.spool import is_database_outage
+
+    plus_one = "SELECT %(a)s::int + 1"
+    with driver.connection(pg_url) as connection:
+        assert prepared.send(connection, [Statement(plus_one, {"a": 1})]).row == (2,)
+        [(backend,)] = query(connection, "SELECT pg_backend_pid()")
+    with autocommit_engine(pg_url).connect() as killer:
+        killer.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": backend})
+    # no ping: it was idle for less than a second
+    with pytest.raises(psycopg2.Error) as lost, driver.connection(pg_url) as connection:
+        prepared.send(connection, [Statement(plus_one, {"a": 1})])
+    assert is_database_outage(lost.value)
+    with driver.connection(pg_url) as connection:  # a new connection, its statements prepared
+        assert prepared.send(connection, [Statement(plus_one, {"a": 2})]).row == (3,)
+        [(again,)] = query(connection, "SELECT pg_backend_pid()")
+    assert again != backend
 
 
-def test_prefix_runs_in_the_same_transaction(connection: Connection) -> None:
+def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``PING_AFTER_IDLE`` a kept connection is pinged first: a restart in between costs
+    a reconnect, not a failed record."""
+    with driver.connection(pg_url) as connection:
+        [(backend,)] = query(connection, "SELECT pg_backend_pid()")
+        held = connection
+    with autocommit_engine(pg_url).connect() as killer:
+        killer.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": backend})
+    monkeypatch.setattr(driver, "PING_AFTER_IDLE", 0.0)
+    held.idle_since -= 1.0
+    with driver.connection(pg_url) as connection:
+        assert prepared.send(connection, [Statement("SELECT 1", {})]).row == (1,)
+        assert connection is not held
+
+
+def test_prefix_runs_in_the_same_transaction(connection: DriverConnection) -> None:
     result = prepared.send(
         connection,
         [Statement("SELECT current_setting('synchronous_commit')", {})],
         prefix="SET LOCAL synchronous_commit = off",
     )
-    assert result.scalar() == "off"
-    after = connection.exec_driver_sql("SELECT current_setting('synchronous_commit')").scalar()
+    assert result.row == ("off",)
+    [(after,)] = query(connection, "SELECT current_setting('synchronous_commit')")
     assert after == "on"  # SET LOCAL ended with the query string's transaction
 
 
-def test_turned_off_sends_text(connection: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_turned_off_sends_text(
+    connection: DriverConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(prepared, "_enabled", [False])
     for n in (1, 2):
         prepared.send(connection, [Statement(UPSERT.sql, {"k": "a", "n": n})])

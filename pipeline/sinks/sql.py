@@ -36,8 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from models import prepared
-from models.db import autocommit_engine, get_engine
+from models import driver, prepared
+from models.db import get_engine
 from pipeline.errors import PermanentError
 from pipeline.sinks.columns import DEFAULT_MAX_COLUMNS, EXTRA_COLUMN, ColumnMap
 from pipeline.sinks.sql_errors import ddl_error, write_errors
@@ -125,7 +125,7 @@ class SqlSink:
         the statements of one query as one transaction. The upsert goes last, so its row count
         is the one the driver reports."""
         upsert = prepared.Statement(*self._driver_statement(table, row), prepare=False)
-        with autocommit_engine(self.database_url).connect() as connection:
+        with driver.connection(self.database_url) as connection:
             return bool(prepared.send(connection, [then, upsert]).rowcount)
 
     def upsert_many(

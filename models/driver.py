@@ -7,11 +7,11 @@ with its events and a result object: client CPU of the order of the driver's own
 SQL already, so they go straight to a connection the process keeps.
 
 A connection idle for ``PING_AFTER_IDLE`` seconds is pinged before use, as the pool's are
-(``models.db``): a restarted server costs a reconnect, not a failed record. A connection that
-is lost (``is_lost``) is closed and dropped, and the error, psycopg2's ``OperationalError`` or
-``InterfaceError``, a database outage to the caller (``pipeline.spool.is_database_outage``),
-goes up.
-Connections are kept per process id, so a forked child never touches its parent's.
+(``models.db``): a restarted server costs a reconnect, not a failed record. A connection found
+lost (``is_lost``) is closed and dropped, and its error goes up: psycopg2's
+``OperationalError`` or ``InterfaceError``, a database outage to the caller
+(``pipeline.spool.is_database_outage``), retried as one. Connections are kept per process id,
+so a forked child never touches (nor, by closing, ends) its parent's session.
 """
 
 from __future__ import annotations

@@ -99,9 +99,15 @@ def test_fetch_worker_killed_and_broker_flushed_mid_paging_recovers_with_no_huma
                 what="target equal to source after the changes stopped",
             )
             converged = round(time.monotonic() - killed_at, 1)
-        lost_logged = sum(
-            p.read_text().count("the broker lost its state") for p in tmp_path.glob("*.log")
-        )
+            # the workers may have drained the queue before the flush, so the target can
+            # converge before beat's next reconcile (every 30 s here) notices the loss
+            wait_until(
+                lambda: _loss_noticed(tmp_path) >= 1,
+                timeout=90,
+                interval=1,
+                what="the reconciler to notice the broker loss",
+            )
+        lost_logged = _loss_noticed(tmp_path)
         figures = {
             "records": len(source_rows(source)),
             "killed_worker": victim,
@@ -119,6 +125,11 @@ def test_fetch_worker_killed_and_broker_flushed_mid_paging_recovers_with_no_huma
     finally:
         stop.set()
         source.stop()
+
+
+def _loss_noticed(log_dir: Path) -> int:
+    """How many times the workers logged the broker-loss marker gone."""
+    return sum(p.read_text().count("the broker lost its state") for p in log_dir.glob("*.log"))
 
 
 def _mid_paging(url: str) -> leases.Holder | None:

@@ -87,8 +87,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         # every statement sent is a round trip (a query string of two statements is one, and so
         # is a COPY), counted on the driver's cursors, which the driver SQL ihub sends on its
         # own (COPY, a chunk's claim and upsert) goes through as well; so are psycopg2's BEGIN
-        # and a transaction's COMMIT, but in autocommit (a checkout older than --repo may have
-        # no autocommit pool)
+        # and a transaction's COMMIT, but in autocommit; the record path's connections are
+        # the autocommit pool's from the third to the seventh wave, models.driver's since
         engines = [db.get_engine(url)]
         if hasattr(db, "autocommit_engine"):
             engines.append(db.autocommit_engine(url))

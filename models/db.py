@@ -30,19 +30,6 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
-def autocommit_engine(url: str) -> Engine:
-    """A second pool for ``url`` (PostgreSQL) whose connections stay in autocommit: a query is
-    its own transaction, one round trip, with no BEGIN and no COMMIT (and no isolation level
-    switched at each checkout, as ``execution_options(isolation_level=...)`` does on the
-    shared pool)."""
-    key = (os.getpid(), f"autocommit:{url}")
-    engine = _engines.get(key)
-    if engine is None:
-        engine = _create(url, isolation_level="AUTOCOMMIT")
-        _engines[key] = engine
-    return engine
-
-
 def dispose_all() -> None:
     """Forget engines inherited from a parent process without closing its connections."""
     for engine in list(_engines.values()):

@@ -57,16 +57,7 @@ class Claim:
     @classmethod
     def of(cls, row: Any) -> Claim:
         """The claim of a claimed row (a row of ``CLAIMED`` columns, or the mapped row)."""
-        payload = json.loads(row.payload)
-        return cls(
-            row.id,
-            row.integration,
-            row.record_id,
-            row.version,
-            payload,
-            row.attempts,
-            row.deliveries,
-        )
+        return cls.of_values(tuple(getattr(row, column.key) for column in CLAIMED))
 
     @classmethod
     def of_values(cls, values: tuple[Any, ...]) -> Claim:

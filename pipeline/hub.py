@@ -115,6 +115,15 @@ class Hub:
             ) == normalize_url(self.database_url)
         return self._shared_sinks[name]
 
+    def reads_before_claiming(self) -> bool:
+        """Whether a first delivery reads its row before claiming it (``pipeline.sync``): on
+        Postgres, when some integration's sink shares the database. Otherwise every record
+        takes the written claim, and a read first would be a round trip for nothing (in a
+        mix, a record of a REST sink pays that read beside its HTTP call)."""
+        return self.database_url.startswith("postgresql") and any(
+            self.sink_shares_database(name) for name in self.config.integrations
+        )
+
     def _classify(self, name: str, session: requests.Session, side: str) -> None:
         hook = self.integration(name).classify
         if hook:

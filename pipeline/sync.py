@@ -125,7 +125,7 @@ def _claim_and_write(
     """
     started = time.perf_counter()
     failure: Exception | None = None
-    if hub.database_url.startswith("postgresql") and not delivery.redelivered:
+    if not delivery.redelivered and hub.reads_before_claiming():
         waiting = peek.peek_waiting(hub.database_url, row_id)
         if waiting is not None and _writes_in_transaction(hub, waiting):
             claimed = {"token": delivery.token, "started": utcnow()}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from models import prepared, queue
-from models.db import autocommit_engine, session_scope
+from models.db import get_engine, session_scope
 from pipeline.config import parse_config
 from pipeline.delta import SourceRecord
 from pipeline.errors import TransientError
@@ -57,7 +57,7 @@ def stage(url: str, *values: int) -> list[int]:
 
 
 def row(url: str, row_id: int) -> dict[str, Any]:
-    with autocommit_engine(url).connect() as connection:
+    with get_engine(url).connect() as connection:
         found = connection.exec_driver_sql(
             "SELECT status, attempts, deliveries, claim_token, started_at IS NOT NULL AS started"
             " FROM ihub_records WHERE id = %(id)s",
@@ -106,13 +106,13 @@ def test_a_refused_first_write_is_claimed_then_dead_lettered_with_one_attempt(
 ) -> None:
     good, bad = stage(pg_url, 1, -1)
     assert process_record(hub, good, delivery=FIRST).status == "done"
-    with autocommit_engine(pg_url).connect() as connection:
+    with get_engine(pg_url).begin() as connection:
         connection.exec_driver_sql("ALTER TABLE t ADD CONSTRAINT positive CHECK (n >= 0)")
     assert process_record(hub, bad, delivery=FIRST).status == "dead"
     assert row(pg_url, bad)["status"] == "dead" and row(pg_url, bad)["attempts"] == 1
     [letter] = queue.list_dead(pg_url)
     assert letter["record_id"] == "r1" and "check constraint" in letter["message"]
-    with autocommit_engine(pg_url).connect() as connection:
+    with get_engine(pg_url).connect() as connection:
         written = connection.exec_driver_sql("SELECT id FROM t").scalars().all()
         done = connection.exec_driver_sql("SELECT sum(done) FROM ihub_rollups").scalar()
     assert written == ["r0"] and done == 1  # the failed write's done mark was rolled back
@@ -137,3 +137,15 @@ def test_a_transient_first_write_retries_and_the_retry_counts_its_attempt(
     retry = Delivery(token="T1", redelivered=False)  # Celery's retry is a new message
     assert process_record(hub, row_id, delivery=retry).status == "done"
     assert row(pg_url, row_id)["attempts"] == 2
+
+
+def test_only_a_hub_with_a_sink_in_its_database_reads_before_claiming(
+    hub: Hub, pg_url: str, tmp_path: Path
+) -> None:
+    """A record whose sink is elsewhere takes the written claim anyway: no read before it."""
+    assert hub.reads_before_claiming()
+    rest = {"type": "rest", "url": "https://target.example.com/api/{id}"}
+    integration = {"source": {"url": "https://api.example.com/i"}, "sink": rest}
+    config = parse_config({"integrations": {"items": integration}}, file="x", env={})
+    settings = settings_from_env({"IHUB_DATABASE_URL": pg_url, "IHUB_HOME": str(tmp_path)})
+    assert not Hub(settings, config).reads_before_claiming()

@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 
 from models import driver, prepared, queue
-from models.db import autocommit_engine, session_scope
+from models.db import get_engine, session_scope
 from models.driver import DriverConnection
 from models.prepared import Statement
 from pipeline.config import parse_config
@@ -96,7 +96,7 @@ def test_a_connection_lost_mid_send_raises_as_a_lost_connection(pg_url: str) -> 
     with driver.connection(pg_url) as connection:
         assert prepared.send(connection, [Statement(plus_one, {"a": 1})]).row == (2,)
         [(backend,)] = query(connection, "SELECT pg_backend_pid()")
-    with autocommit_engine(pg_url).connect() as killer:
+    with get_engine(pg_url).connect() as killer:
         killer.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": backend})
     # no ping: it was idle for less than a second
     with pytest.raises(psycopg2.Error) as lost, driver.connection(pg_url) as connection:
@@ -116,7 +116,7 @@ def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
     with driver.connection(pg_url) as connection:
         [(backend,)] = query(connection, "SELECT pg_backend_pid()")
         held = connection
-    with autocommit_engine(pg_url).connect() as killer:
+    with get_engine(pg_url).connect() as killer:
         killer.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": backend})
     monkeypatch.setattr(driver, "PING_AFTER_IDLE", 0.0)
     held.idle_since -= 1.0
@@ -166,7 +166,7 @@ def test_a_record_counts_the_same_duration_in_its_row_and_its_rollup(
     with session_scope(pg_url) as session:
         row_ids = queue.stage(session, "items", None, records, due_in=300)
     assert [process_record(hub, row_id).status for row_id in row_ids] == ["done"] * 8
-    with autocommit_engine(pg_url).connect() as connection:
+    with get_engine(pg_url).connect() as connection:
         durations = connection.exec_driver_sql(
             "SELECT count(*), sum(duration_ms) FROM ihub_records WHERE status = 'done'"
         ).one()
@@ -207,10 +207,10 @@ def test_a_sink_column_altered_under_a_running_worker_takes_the_new_type(pg_url:
             due_in=300,
         )
     assert sink.upsert({"id": "a", "n": 1}, "v1", then=finishing.done_then(first, 1.0))
-    with autocommit_engine(pg_url).connect() as connection:
+    with get_engine(pg_url).begin() as connection:
         connection.exec_driver_sql("ALTER TABLE items ALTER COLUMN n TYPE double precision")
     assert sink.upsert({"id": "b", "n": 1.5}, "v1", then=finishing.done_then(second, 1.0))
-    with autocommit_engine(pg_url).connect() as connection:
+    with get_engine(pg_url).connect() as connection:
         n = connection.exec_driver_sql("SELECT n FROM items WHERE id = 'b'").scalar()
         done = connection.exec_driver_sql(
             "SELECT count(*) FROM ihub_records WHERE status = 'done'"

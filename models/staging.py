@@ -52,7 +52,7 @@ def stage(
             if not rows:
                 return []
             ids = staging_pg.insert_rows(cur, integration, run_id, rows, due=due, now=now)
-            staging_pg.remember_latest(cur, integration, rows, ids)
+            staging_pg.remember_latest(cur, integration, rows, ids, None if force else latest)
             return sorted(ids)
     latest = {} if force else _latest_staged(session, integration, list(page))
     rows = _changed(page.values(), latest)

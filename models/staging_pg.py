@@ -1,4 +1,4 @@
-"""Staging on PostgreSQL: a page in four statements, on the session's own connection.
+"""Staging on PostgreSQL: a page in a handful of statements, on the session's own connection.
 
 ``COPY`` is the fastest way into a Postgres table (measured: about twice SQLAlchemy's
 multi-row ``INSERT ... RETURNING`` for a page of 1,000 records), but it returns nothing; the row
@@ -10,10 +10,11 @@ page, the watermark and the lease still commit together or not at all.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg2.errors
 from sqlalchemy.orm import Session
 
 from models.schema import RecordStatus
@@ -22,6 +23,7 @@ COLUMNS = (
     "id, integration, record_id, version, digest, payload, status, attempts, deliveries,"
     " fetch_run_id, due_at, created_at"
 )
+LATEST_COLUMNS = "integration, record_id, version, digest, row_id"
 NULL = "\\N"  # COPY's text format: a NULL field
 # COPY's text format: a backslash starts an escape, tab and newline end a field and a row
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -59,8 +61,9 @@ def insert_rows(
     now: datetime,
 ) -> list[int]:
     """Write ``rows`` (record id, version, digest, payload) as pending; their ids, in order."""
-    cur.execute(
-        "SELECT nextval(pg_get_serial_sequence('ihub_records', 'id')) FROM generate_series(1, %s)",
+    cur.execute(  # the sequence found once (materialised): per row it cost 6 of a page's 7 ms
+        "WITH q AS MATERIALIZED (SELECT pg_get_serial_sequence('ihub_records', 'id')::regclass"
+        " AS seq) SELECT nextval(q.seq) FROM q, generate_series(1, %s)",
         (len(rows),),
     )
     ids = [row_id for (row_id,) in cur.fetchall()]
@@ -77,9 +80,50 @@ def insert_rows(
 
 
 def remember_latest(
+    cur: Any,
+    integration: str,
+    rows: Sequence[tuple[str, str, str, str]],
+    ids: list[int],
+    known: Collection[str] | None,
+) -> None:
+    """Write the page's rows into ``ihub_latest``: the records it had not seen (``known``
+    holds those it had, or None when that was not read) by ``COPY``, the rest by one upsert.
+
+    ``COPY`` wrote a page of new records four times faster than the upsert, whose every row
+    probes the key before its insert. A record another fetch staged since ``known`` was read
+    makes the ``COPY`` fail on the key: the savepoint takes it back and the upsert writes them.
+    """
+    fresh = [] if known is None else [n for n, row in enumerate(rows) if row[0] not in known]
+    if fresh and _copy_latest(cur, integration, [rows[n] for n in fresh], [ids[n] for n in fresh]):
+        taken = set(fresh)
+        rest = [n for n in range(len(rows)) if n not in taken]
+        rows, ids = [rows[n] for n in rest], [ids[n] for n in rest]
+    if rows:
+        _upsert_latest(cur, integration, rows, ids)
+
+
+def _copy_latest(
+    cur: Any, integration: str, rows: Sequence[tuple[str, str, str, str]], ids: list[int]
+) -> bool:
+    """``rows`` into ``ihub_latest`` by ``COPY``; False (and nothing written) on a taken key."""
+    head = f"{_text(integration)}\t"
+    buffer = io.StringIO()
+    for row_id, (record_id, version, digest, _) in zip(ids, rows, strict=True):
+        buffer.write(f"{head}{_text(record_id)}\t{_text(version)}\t{digest}\t{row_id}\n")
+    buffer.seek(0)
+    cur.execute("SAVEPOINT ihub_latest_copy")
+    try:
+        cur.copy_expert(f"COPY ihub_latest ({LATEST_COLUMNS}) FROM STDIN", buffer)
+    except psycopg2.errors.UniqueViolation:
+        cur.execute("ROLLBACK TO SAVEPOINT ihub_latest_copy")
+        return False
+    return True
+
+
+def _upsert_latest(
     cur: Any, integration: str, rows: Sequence[tuple[str, str, str, str]], ids: list[int]
 ) -> None:
-    """Upsert the page's rows into ``ihub_latest``: one statement over arrays."""
+    """Upsert ``rows`` into ``ihub_latest``: one statement over arrays."""
     cur.execute(
         "INSERT INTO ihub_latest (integration, record_id, version, digest, row_id)"
         " SELECT %s, r, v, d, i FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])"

@@ -4,6 +4,7 @@ others', the queue declared once per call."""
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import logging
 import time
@@ -68,6 +69,41 @@ def test_a_page_of_tasks_is_queued_with_its_sent_events_in_three_messages(
     assert clocks == sorted(clocks) and len(set(clocks)) == ROWS
     assert all(e["hostname"] and e["timestamp"] and e["pid"] for e in events)
     assert sum(isinstance(entity, Queue) for entity in declared) == 1, declared
+
+
+def test_a_chunk_shows_its_row_count_and_bounds_not_its_ids(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch task's ``argsrepr`` (Flower's args) names its rows' count, first and last; the
+    task itself carries every id."""
+    monkeypatch.setenv("IHUB_BROKER_URL", redis_url)
+    monkeypatch.setenv("IHUB_HOME", str(tmp_path))
+    monkeypatch.setenv("IHUB_CONFIG", str(tmp_path / "none.yaml"))
+    from tasks.app import create_app
+    from tasks.records import publish_batches
+
+    app = create_app()
+    tap = EventTap(redis_url)
+    try:
+        time.sleep(0.3)  # the tap's subscription is in place
+        publish_batches(app, list(range(1, 1202)), 500)
+        deadline = time.monotonic() + 10
+        while sum(len(e) for _k, e in tap.messages) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        tap.close()
+        app.close()
+    queued = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("ihub.process", 0, -1)]
+    shown = sorted(m["headers"]["argsrepr"] for m in queued)
+    assert shown == [
+        "([1, ... 500: 500 rows],)",
+        "([1001, ... 1201: 201 rows],)",
+        "([501, ... 1000: 500 rows],)",
+    ]
+    events = [event for _key, batch in tap.messages for event in batch]
+    assert sorted(e["args"] for e in events) == shown
+    carried = [json.loads(base64.b64decode(m["body"]))[0][0] for m in queued]
+    assert sorted(row for rows in carried for row in rows) == list(range(1, 1202))
 
 
 class _RefusingProducer:

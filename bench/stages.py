@@ -6,7 +6,9 @@ On a database of its own (created and dropped on ``--pg``): (1) the fetch of the
 pages staged and checkpointed, each page published as batch tasks to ``--redis`` (flushed;
 nothing consumes them); (2) ``sync.process_record`` on rows one at a time into a table of the
 same Postgres; (3) ``batch.process_batch`` on chunks of 500. It counts the round trips to
-Postgres each makes. ``--repo`` runs the same measurements on another checkout of ihub (say, a
+Postgres each makes, and the CPU each costs a record, Postgres' (its server processes) and this
+process's (for the fetch that includes the demo source's HTTP threads, the same on both sides
+of a comparison). ``--repo`` runs the same measurements on another checkout of ihub (say, a
 ``git worktree`` of an earlier commit), so before and after are measured in one sitting.
 """
 
@@ -123,9 +125,10 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
         published.extend(row_ids)
         publish(row_ids)
 
-    started = time.perf_counter()
+    started, server, client = time.perf_counter(), postgres_cpu(), time.process_time()
     result = sync.fetch_delta(hub, "incidents", keep, owner="bench")
     fetch_s = time.perf_counter() - started
+    fetch_server_s, fetch_client_s = postgres_cpu() - server, time.process_time() - client
     assert result.staged == records, result
     rows = sorted(published)
     half = len(rows) // 2
@@ -140,22 +143,28 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
     single_server_s = postgres_cpu() - server
     single_client_s = time.process_time() - client
 
-    trips[0], started = 0, time.perf_counter()
+    trips[0], started, server = 0, time.perf_counter(), postgres_cpu()
+    client = time.process_time()
     for start in range(0, len(chunked), 500):
         chunk = chunked[start : start + 500]
         delivery = sync.Delivery(token=f"b{start}", redelivered=False)
         assert len(batch.process_batch(hub, chunk, delivery=delivery).done) == len(chunk)
     batch_s, batch_trips = time.perf_counter() - started, trips[0]
+    batch_server_s, batch_client_s = postgres_cpu() - server, time.process_time() - client
     chunks = (len(chunked) + 499) // 500
     return {
         "records": records,
         "fetch_per_s": round(records / fetch_s),
+        "fetch_postgres_cpu_us": round(fetch_server_s * 1e6 / records, 1),
+        "fetch_client_cpu_us": round(fetch_client_s * 1e6 / records, 1),
         "per_record_ms": round(single_s * 1000 / len(single), 2),
         "per_record_round_trips": round(single_trips / len(single), 1),
         "per_record_postgres_cpu_ms": round(single_server_s * 1000 / len(single), 3),
         "per_record_client_cpu_ms": round(single_client_s * 1000 / len(single), 3),
         "batched_per_s": round(len(chunked) / batch_s),
         "batched_round_trips_per_chunk": round(batch_trips / chunks, 1),
+        "batched_postgres_cpu_us": round(batch_server_s * 1e6 / len(chunked), 1),
+        "batched_client_cpu_us": round(batch_client_s * 1e6 / len(chunked), 1),
     }
 
 

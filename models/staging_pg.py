@@ -3,7 +3,8 @@
 ``COPY`` is the fastest way into a Postgres table (measured: about twice SQLAlchemy's
 multi-row ``INSERT ... RETURNING`` for a page of 1,000 records), but it returns nothing; the row
 ids are drawn first from the table's sequence, one ``nextval`` per row in one statement, so the
-ids are known before the rows are written. Everything runs on the session's transaction: the
+ids are known before the rows are written. The page's new records enter ``ihub_latest`` by
+``COPY`` as well, the ones it knew by an upsert. Everything runs on the session's transaction: the
 page, the watermark and the lease still commit together or not at all.
 """
 
@@ -93,22 +94,23 @@ def remember_latest(
     probes the key before its insert. A record another fetch staged since ``known`` was read
     makes the ``COPY`` fail on the key: the savepoint takes it back and the upsert writes them.
     """
-    fresh = [] if known is None else [n for n, row in enumerate(rows) if row[0] not in known]
-    if fresh and _copy_latest(cur, integration, [rows[n] for n in fresh], [ids[n] for n in fresh]):
-        taken = set(fresh)
-        rest = [n for n in range(len(rows)) if n not in taken]
-        rows, ids = [rows[n] for n in rest], [ids[n] for n in rest]
-    if rows:
-        _upsert_latest(cur, integration, rows, ids)
+    pairs = list(zip(rows, ids, strict=True))
+    if known is not None:
+        fresh = [pair for pair in pairs if pair[0][0] not in known]
+        if fresh and _copy_latest(cur, integration, fresh):
+            pairs = [pair for pair in pairs if pair[0][0] in known]
+    if pairs:
+        _upsert_latest(cur, integration, pairs)
 
 
-def _copy_latest(
-    cur: Any, integration: str, rows: Sequence[tuple[str, str, str, str]], ids: list[int]
-) -> bool:
-    """``rows`` into ``ihub_latest`` by ``COPY``; False (and nothing written) on a taken key."""
+Latest = list[tuple[tuple[str, str, str, str], int]]  # (record id, version, digest, _), row id
+
+
+def _copy_latest(cur: Any, integration: str, pairs: Latest) -> bool:
+    """``pairs`` into ``ihub_latest`` by ``COPY``; False (and nothing written) on a taken key."""
     head = f"{_text(integration)}\t"
     buffer = io.StringIO()
-    for row_id, (record_id, version, digest, _) in zip(ids, rows, strict=True):
+    for (record_id, version, digest, _), row_id in pairs:
         buffer.write(f"{head}{_text(record_id)}\t{_text(version)}\t{digest}\t{row_id}\n")
     buffer.seek(0)
     cur.execute("SAVEPOINT ihub_latest_copy")
@@ -120,10 +122,8 @@ def _copy_latest(
     return True
 
 
-def _upsert_latest(
-    cur: Any, integration: str, rows: Sequence[tuple[str, str, str, str]], ids: list[int]
-) -> None:
-    """Upsert ``rows`` into ``ihub_latest``: one statement over arrays."""
+def _upsert_latest(cur: Any, integration: str, pairs: Latest) -> None:
+    """Upsert ``pairs`` into ``ihub_latest``: one statement over arrays."""
     cur.execute(
         "INSERT INTO ihub_latest (integration, record_id, version, digest, row_id)"
         " SELECT %s, r, v, d, i FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])"
@@ -132,10 +132,10 @@ def _upsert_latest(
         " digest = excluded.digest, row_id = excluded.row_id",
         (
             integration,
-            [row[0] for row in rows],
-            [row[1] for row in rows],
-            [row[2] for row in rows],
-            ids,
+            [row[0] for row, _ in pairs],
+            [row[1] for row, _ in pairs],
+            [row[2] for row, _ in pairs],
+            [row_id for _, row_id in pairs],
         ),
     )
 

@@ -86,8 +86,13 @@ def _write_chunk(hub: Hub, row_ids: list[int], delivery: sync.Delivery) -> list[
         claims = chunks.claim_many(session, row_ids)
         if not claims:
             return []
-        if not all(_batchable(hub, claim) for claim in claims):
-            raise _PerRecord
+        writable: dict[str, bool] = {}  # per integration
+        for claim in claims:
+            name = claim.integration
+            if name not in writable:
+                writable[name] = _batchable(hub, name)
+            if not writable[name] or is_deletion(claim.payload):
+                raise _PerRecord
         started = time.perf_counter()
         by_integration: dict[str, list[tuple[dict[str, object], str]]] = {}
         for claim in claims:
@@ -108,14 +113,14 @@ def _write_chunk(hub: Hub, row_ids: list[int], delivery: sync.Delivery) -> list[
         return ids
 
 
-def _batchable(hub: Hub, claim: sync.queue.Claim) -> bool:
-    integration = hub.integration(claim.integration)
+def _batchable(hub: Hub, name: str) -> bool:
+    """Whether the integration's rows can be written as a chunk (each row's own payload must
+    also not be a deletion); asked once per integration a chunk."""
     return (
         hub.database_url.startswith("postgresql")
-        and hub.sink_shares_database(claim.integration)
-        and integration.source.deletes is None
-        and not is_deletion(claim.payload)
-        and not hub.paused(claim.integration)
+        and hub.sink_shares_database(name)
+        and hub.integration(name).source.deletes is None
+        and not hub.paused(name)
     )
 
 

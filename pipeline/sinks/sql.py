@@ -347,13 +347,20 @@ class SqlSink:
 
 
 def _union(groups: dict[tuple[str, ...], list[dict[str, Any]]]) -> dict[str, Any]:
-    """One sample value per column over every row (a non-null one where any), to type columns."""
+    """One sample value per column over every row (a non-null one where any), to type columns.
+    A group's rows share their columns, so its rows are read only while a column lacks one."""
     sample: dict[str, Any] = {}
-    for rows in groups.values():
+    for columns, rows in groups.items():
+        for name in columns:
+            sample.setdefault(name, None)
+        lacking = [name for name in columns if sample[name] is None]
         for row in rows:
-            for name, value in row.items():
-                if sample.get(name) is None:
-                    sample[name] = value
+            if not lacking:
+                break
+            for name in lacking:
+                if row[name] is not None:
+                    sample[name] = row[name]
+            lacking = [name for name in lacking if sample[name] is None]
     return sample
 
 

@@ -9,6 +9,7 @@ guard and the columns are the very ones the per-record path writes with.
 from __future__ import annotations
 
 import contextlib
+import operator
 import re
 from typing import Any, NamedTuple
 
@@ -37,7 +38,11 @@ def values_upsert(compiled_sql: str, columns: list[str], table: str) -> ValuesUp
 
 def upsert_values(dbapi_connection: Any, upsert: ValuesUpsert, rows: list[dict[str, Any]]) -> int:
     """Send ``rows`` (all of ``upsert``'s columns) in one statement; the rows it changed."""
-    values = [tuple(row[name] for name in upsert.names) for row in rows]
+    if len(upsert.names) == 1:
+        values = [(row[upsert.names[0]],) for row in rows]
+    else:
+        pick = operator.itemgetter(*upsert.names)  # a tuple in the template's order, in C
+        values = [pick(row) for row in rows]
     with contextlib.closing(dbapi_connection.cursor()) as cursor:
         found = execute_values(
             cursor, upsert.sql, values, upsert.template, page_size=len(rows), fetch=True

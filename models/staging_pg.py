@@ -25,6 +25,8 @@ COLUMNS = (
     " fetch_run_id, due_at, created_at"
 )
 LATEST_COLUMNS = "integration, record_id, version, digest, row_id"
+# rows of ``ihub_latest`` to write: ((record id, version, digest, payload), row id)
+Latest = list[tuple[tuple[str, str, str, str], int]]
 NULL = "\\N"  # COPY's text format: a NULL field
 # COPY's text format: a backslash starts an escape, tab and newline end a field and a row
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -94,16 +96,13 @@ def remember_latest(
     probes the key before its insert. A record another fetch staged since ``known`` was read
     makes the ``COPY`` fail on the key: the savepoint takes it back and the upsert writes them.
     """
-    pairs = list(zip(rows, ids, strict=True))
+    pairs: Latest = list(zip(rows, ids, strict=True))
     if known is not None:
         fresh = [pair for pair in pairs if pair[0][0] not in known]
         if fresh and _copy_latest(cur, integration, fresh):
             pairs = [pair for pair in pairs if pair[0][0] in known]
     if pairs:
         _upsert_latest(cur, integration, pairs)
-
-
-Latest = list[tuple[tuple[str, str, str, str], int]]  # (record id, version, digest, _), row id
 
 
 def _copy_latest(cur: Any, integration: str, pairs: Latest) -> bool:

@@ -42,6 +42,7 @@ class Hub:
     _tokens: dict[str, TokenManager] = field(default_factory=dict)
     _pause_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
     _shared_sinks: dict[str, bool] = field(default_factory=dict)
+    _reads_first: bool | None = None
 
     def __post_init__(self) -> None:
         """Static headers, parameters and URL passwords are masked in this process's logs;
@@ -119,10 +120,13 @@ class Hub:
         """Whether a first delivery reads its row before claiming it (``pipeline.sync``): on
         Postgres, when some integration's sink shares the database. Otherwise every record
         takes the written claim, and a read first would be a round trip for nothing (in a
-        mix, a record of a REST sink pays that read beside its HTTP call)."""
-        return self.database_url.startswith("postgresql") and any(
-            self.sink_shares_database(name) for name in self.config.integrations
-        )
+        mix, a record of a REST sink pays that read beside its HTTP call). Asked per record,
+        so answered once: a hub's config does not change."""
+        if self._reads_first is None:
+            self._reads_first = self.database_url.startswith("postgresql") and any(
+                self.sink_shares_database(name) for name in self.config.integrations
+            )
+        return self._reads_first
 
     def _classify(self, name: str, session: requests.Session, side: str) -> None:
         hook = self.integration(name).classify

@@ -1,19 +1,44 @@
-"""What bench/e2e.py measures ihub against: the no-op Celery ceiling, a plain psycopg2
-``execute_values`` upsert of the same rows, and dlt's ``rest_api`` merge load (when installed)."""
+"""What bench/e2e.py measures ihub against: the no-op Celery ceiling, the same tasks with one
+committed write each, a plain psycopg2 ``execute_values`` upsert of the same rows, and dlt's
+``rest_api`` merge load (when installed)."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import io
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from parts import BenchError, Deadline, Workers, say
+from stages import postgres_cpu
 
 BENCH = Path(__file__).resolve().parent
+
+
+def ceilings(
+    bench: Any, env: dict[str, str], modes: list[str], layout: tuple[int, int, int, str]
+) -> tuple[float, float | None]:
+    """The no-op ceiling, and the write ceiling when ``modes`` has per-record: tasks a second
+    over ``layout`` (tasks, workers, concurrency, pool)."""
+    ceiling = noop_ceiling(bench, env, *layout)
+    return ceiling, write_ceiling(bench, env, *layout) if "per-record" in modes else None
+
+
+def upserts(bench: Any, modes: list[str], page_limit: int) -> tuple[float, Floor | None]:
+    """The ``execute_values`` upsert of the source's records (rows a second), and the staged
+    floor when ``modes`` has batched."""
+    records = list(bench.source.snapshot().values())
+    upsert = execute_values_upsert(bench.db_url, records, bench.deadline)
+    if "batched" not in modes:
+        return upsert, None
+    token = bench.source_token()
+    gc.collect()  # untimed, as before each load: a full collection is the harness's, not ours
+    return upsert, staged_floor(bench.source, bench.db_url, token, page_limit, bench.deadline)
 
 
 def noop_ceiling(
@@ -21,33 +46,75 @@ def noop_ceiling(
 ) -> float:
     """N no-op tasks through the same Celery settings, broker and workers x concurrency; the
     tasks per second from the first publish to the last one counted."""
+    noop_tasks = _ceiling_app()
+    return _ceiling(bench, env, n, (workers, concurrency, pool), noop_tasks.TASK, "no-op")
+
+
+def write_ceiling(
+    bench: Any, env: dict[str, str], n: int, workers: int, concurrency: int, pool: str
+) -> float:
+    """As ``noop_ceiling``, each task also making one committed upsert into the bench's own
+    database (``noop_tasks.write``): the floor under a one-task-per-record design."""
+    noop_tasks = _ceiling_app()
+    dsn = _dsn(bench.db_url)
+    noop_tasks.create_write_table(dsn)
+    layout = (workers, concurrency, pool)
+    env = {**env, "IHUB_BENCH_WRITE_DSN": dsn}
+    return _ceiling(bench, env, n, layout, noop_tasks.WRITE_TASK, "write")
+
+
+def _ceiling_app() -> Any:
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
     import noop_tasks
 
+    return noop_tasks
+
+
+def _ceiling(
+    bench: Any, env: dict[str, str], n: int, layout: tuple[int, int, str], task: str, label: str
+) -> float:
+    noop_tasks = _ceiling_app()
+    counter = noop_tasks.WRITE_COUNTER if task == noop_tasks.WRITE_TASK else noop_tasks.COUNTER
+    workers, concurrency, pool = layout
     bench.redis.flushdb()
     path = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
-    group = Workers(
-        "noop_tasks", "noop", workers, concurrency, {**env, "PYTHONPATH": path}, bench.tmp, pool
-    )
+    env = {**env, "PYTHONPATH": path}
+    prefix = label.replace("-", "")
+    group = Workers("noop_tasks", prefix, workers, concurrency, env, bench.tmp, pool)
     bench.workers.append(group)
     group.start()
     took = group.wait_ready(noop_tasks.app, bench.deadline)
-    say(f"no-op:      {workers} worker(s) x {concurrency} ({pool}) ready in {took:.1f}s")
-    bench.redis.delete(noop_tasks.COUNTER)
+    say(f"{label + ':':<12}{workers} worker(s) x {concurrency} ({pool}) ready in {took:.1f}s")
+    bench.redis.delete(counter)
     from tasks.publishing import publish_each  # the way ihub publishes
 
     started = time.monotonic()
-    publish_each(noop_tasks.app, noop_tasks.TASK, ((i,) for i in range(n)))
-    say(f"  publish {time.monotonic() - started:7.1f}s  {n} no-op task(s) published")
+    publish_each(noop_tasks.app, task, ((i,) for i in range(n)))
+    say(f"  publish {time.monotonic() - started:7.1f}s  {n} {label} task(s) published")
 
     def progress() -> tuple[bool, str]:
-        count = int(bench.redis.get(noop_tasks.COUNTER) or 0)
-        return count >= n, f"  no-op   {time.monotonic() - started:7.1f}s  done={count}/{n}"
+        count = int(bench.redis.get(counter) or 0)
+        return count >= n, f"  {label:<7} {time.monotonic() - started:7.1f}s  done={count}/{n}"
 
-    done = bench.wait(progress, "waiting for the no-op tasks")
+    done = bench.wait(progress, f"waiting for the {label} tasks")
     group.stop()
     return n / max(done - started, 1e-6)
+
+
+def _dsn(db_url: str) -> str:
+    """A libpq connection string for psycopg2 from the bench's SQLAlchemy URL."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    parts = {
+        "host": url.host,
+        "port": url.port or 5432,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+    }
+    return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
 
 
 def execute_values_upsert(db_url: str, records: list[dict[str, Any]], deadline: Deadline) -> float:
@@ -55,41 +122,107 @@ def execute_values_upsert(db_url: str, records: list[dict[str, Any]], deadline: 
     ``ON CONFLICT DO UPDATE``, 1,000 rows a statement, one transaction: rows per second."""
     import psycopg2
     from psycopg2.extras import execute_values
-    from sqlalchemy.engine import make_url
 
-    url = make_url(db_url)
     columns = sorted({k for r in records for k in r})
-    rows = [
-        (*tuple(_plain(r.get(c)) for c in columns), f"{r['updated_at']}|{i:020d}")
-        for i, r in enumerate(records)
-    ]
-    names = ", ".join(f'"{c}"' for c in columns)
-    updates = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c != "id")
-    connection = psycopg2.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-        dbname=url.database,
-    )  # fmt: skip
+    rows = _plain_rows(records, columns)
+    connection = psycopg2.connect(_dsn(db_url))
     try:
         with connection, connection.cursor() as cursor:
-            kinds = ", ".join(f'"{c}" text' for c in columns if c != "id")
-            cursor.execute(
-                f'CREATE TABLE plain_upsert ("id" text PRIMARY KEY, {kinds}, "_v" text NOT NULL)'
-            )
+            upsert = _plain_table(cursor, "plain_upsert", columns)
         started = time.monotonic()
         with connection, connection.cursor() as cursor:
-            execute_values(
-                cursor,
-                f'INSERT INTO plain_upsert ({names}, "_v") VALUES %s '
-                f'ON CONFLICT (id) DO UPDATE SET {updates}, "_v" = excluded."_v" '
-                "WHERE plain_upsert._v < excluded._v",
-                rows,
-                page_size=1000,
-            )
+            execute_values(cursor, upsert, rows, page_size=1000)
         took = time.monotonic() - started
         deadline.check("the execute_values upsert")
     finally:
         connection.close()
     return len(rows) / max(took, 1e-6)
+
+
+class Floor(NamedTuple):
+    """The staged floor's rate, and the CPU it cost a record: this process's (the demo
+    source's threads included) and every Postgres server process's."""
+
+    per_s: float
+    cpu_s: float
+
+
+def staged_floor(
+    source: Any, db_url: str, token: str, page_limit: int, deadline: Deadline
+) -> Floor:
+    """The least a design that stages every record durably before writing it does, in one
+    process, no Celery: each page read over HTTP and parsed, ``COPY``'d into a staging table
+    and committed, then upserted as in ``execute_values_upsert`` and committed. No dedupe, no
+    done marks, no metrics, no tasks: records per second, first request to last commit."""
+    import psycopg2
+    import requests
+    from psycopg2.extras import execute_values
+
+    columns = sorted({k for r in source.snapshot().values() for k in r})
+    connection = psycopg2.connect(_dsn(db_url))
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {token}"
+    params: dict[str, Any] = {"limit": page_limit}
+    staged = 0
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE TABLE floor_staged (id bigserial PRIMARY KEY, record_id text NOT NULL,"
+                " version text NOT NULL, payload text NOT NULL)"
+            )
+            upsert = _plain_table(cursor, "floor_target", columns)
+        started, cpu = time.monotonic(), time.process_time() + postgres_cpu()
+        while True:
+            reply = http.get(f"{source.url}/api/records", params=params, timeout=60)
+            reply.raise_for_status()
+            body = reply.json()
+            records = body["data"]
+            lines = io.StringIO()
+            for r in records:
+                payload = json.dumps(r, sort_keys=True).replace("\\", "\\\\")
+                lines.write(f"{r['id']}\t{r['updated_at']}\t{payload}\n")
+            lines.seek(0)
+            with connection, connection.cursor() as cursor:
+                cursor.copy_expert(
+                    "COPY floor_staged (record_id, version, payload) FROM STDIN", lines
+                )
+            with connection, connection.cursor() as cursor:
+                rows = _plain_rows(records, columns, first=staged)
+                execute_values(cursor, upsert, rows, page_size=len(rows) or 1)
+            staged += len(records)
+            deadline.check("the staged floor")
+            if not body.get("next_cursor"):
+                break
+            params = {"limit": page_limit, "cursor": body["next_cursor"]}
+        took = time.monotonic() - started
+        cpu = time.process_time() + postgres_cpu() - cpu
+    finally:
+        connection.close()
+        http.close()
+    return Floor(staged / max(took, 1e-6), cpu / max(staged, 1))
+
+
+def _plain_rows(
+    records: list[dict[str, Any]], columns: list[str], first: int = 0
+) -> list[tuple[Any, ...]]:
+    """Rows of text for ``_plain_table``, each with its version last."""
+    return [
+        (*tuple(_plain(r.get(c)) for c in columns), f"{r['updated_at']}|{i:020d}")
+        for i, r in enumerate(records, start=first)
+    ]
+
+
+def _plain_table(cursor: Any, table: str, columns: list[str]) -> str:
+    """Create ``table``, a text column each, and return its version-guarded upsert."""
+    kinds = ", ".join(f'"{c}" text' for c in columns if c != "id")
+    cursor.execute(f'CREATE TABLE {table} ("id" text PRIMARY KEY, {kinds}, "_v" text NOT NULL)')
+    names = ", ".join(f'"{c}"' for c in columns)
+    updates = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c != "id")
+    return (
+        f'INSERT INTO {table} ({names}, "_v") VALUES %s '
+        f'ON CONFLICT (id) DO UPDATE SET {updates}, "_v" = excluded."_v" '
+        f"WHERE {table}._v < excluded._v"
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -37,7 +37,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import dlt_merge, execute_values_upsert, noop_ceiling
+from baselines import ceilings, dlt_merge, upserts
 from e2e_options import parse_args
 from parts import REPO, BenchError, Deadline, Workers, figures, rss_mb, say, summary
 from source_process import SourceProcess
@@ -344,12 +344,12 @@ class Bench:
         env = self.setup()
         a, n = self.args, self.args.records
         modes = list(MODES) if a.mode == "both" else [a.mode]
-        ceiling = noop_ceiling(self, env, a.ceiling_records or n, a.workers, a.concurrency, a.pool)
+        layout = (a.ceiling_records or n, a.workers, a.concurrency, a.pool)
+        above = ceilings(self, env, modes, layout)
         loads = {m: self.run_mode(env, m, delta=m == modes[-1]) for m in modes}
-        records = list(self.source.snapshot().values())
-        upsert = execute_values_upsert(self.db_url, records, self.deadline)
+        plain = upserts(self, modes, a.page_limit)
         dlt = dlt_merge(self.source, self.db_url, self.source_token()) if a.dlt else None
-        found = figures(n, ceiling, loads, upsert, dlt, modes[-1])
+        found = figures(n, above, loads, plain, dlt, modes[-1])
         return {**found, "ceiling_records": a.ceiling_records or n, "versions": a.versions}
 
 

@@ -145,9 +145,9 @@ def rss_mb(pids: list[int]) -> float:
 
 def figures(
     n: int,
-    ceiling: float,
+    ceilings: tuple[float, float | None],
     loads: dict[str, dict[str, Any]],
-    upsert: float,
+    upserts: tuple[float, Any],
     dlt: float | None,
     last: str,
 ) -> dict[str, Any]:
@@ -158,6 +158,8 @@ def figures(
         return round(n / load["full"][key], 1) if load else None
 
     per_record, batched = rate("per-record"), rate("batched")
+    ceiling, floor = ceilings
+    upsert, staged = upserts
     tail = loads[last]
     delta = tail["delta"]["e2e_s"] / tail["full"]["e2e_s"]
     history = tail.get("delta_after_versions")
@@ -166,9 +168,13 @@ def figures(
         "ceiling_per_s": round(ceiling, 1),
         "per_record_per_s": per_record,
         "ratio_per_record": round(per_record / ceiling, 3) if per_record else None,
+        "write_ceiling_per_s": None if floor is None else round(floor, 1),
+        "ratio_write_ceiling": None if floor is None else round(floor / ceiling, 3),
+        "ratio_per_record_write": round(per_record / floor, 3) if per_record and floor else None,
         "batched_per_s": batched,
         "batch_upsert_per_s": round(upsert, 1),
         "ratio_batched": round(batched / upsert, 3) if batched else None,
+        **_staged(staged, upsert, batched),
         "dlt_per_s": None if dlt is None else round(dlt, 1),
         "ratio_batched_dlt": round(batched / dlt, 3) if batched and dlt else None,
         "fetch_per_s": rate(last, "fetch_s"),
@@ -183,6 +189,26 @@ def figures(
     }
 
 
+def _staged(staged: Any, upsert: float, batched: float | None) -> dict[str, Any]:
+    """The staged floor's keys: its rate, its CPU a record, and the rate its CPU allows on
+    every core of this machine, each next to the ``execute_values`` upsert."""
+    if staged is None:
+        keys = ("per_s", "cpu_us", "bound_per_s")
+        return {f"staged_floor_{k}": None for k in keys} | {
+            "ratio_staged_floor": None, "ratio_staged_bound": None,
+            "ratio_batched_staged_floor": None,
+        }  # fmt: skip
+    bound = (os.cpu_count() or 1) / staged.cpu_s
+    return {
+        "staged_floor_per_s": round(staged.per_s, 1),
+        "staged_floor_cpu_us": round(staged.cpu_s * 1e6, 1),
+        "staged_floor_bound_per_s": round(bound, 1),
+        "ratio_staged_floor": round(staged.per_s / upsert, 3),
+        "ratio_staged_bound": round(bound / upsert, 3),
+        "ratio_batched_staged_floor": round(batched / staged.per_s, 3) if batched else None,
+    }
+
+
 def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
     def cell(value: Any, unit: str = "/s") -> str:
         return "n/a" if value is None else f"{value:,.0f}{unit}" if unit else f"{value}"
@@ -193,11 +219,20 @@ def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"records x workers x concurrency   {r['records']} x {args.workers} x "
         f"{args.concurrency} ({args.pool}), page {args.page_limit}, batch {args.batch_size}",
         f"(a) no-op Celery ceiling           {cell(r['ceiling_per_s'])}",
+        f"(a') the same + one write a task   {cell(r['write_ceiling_per_s'])}   "
+        f"ratio a'/a {cell(r['ratio_write_ceiling'], '')}",
         f"(b) ihub per-record, end to end    {cell(r['per_record_per_s'])}   "
-        f"ratio b/a {cell(r['ratio_per_record'], '')}",
+        f"ratio b/a {cell(r['ratio_per_record'], '')}, b/a' "
+        f"{cell(r['ratio_per_record_write'], '')}",
         f"(c) ihub batched, end to end       {cell(r['batched_per_s'])}",
         f"(d) psycopg2 execute_values upsert {cell(r['batch_upsert_per_s'])}   "
         f"ratio c/d {cell(r['ratio_batched'], '')}",
+        f"(d') read, staged, then upserted  {cell(r['staged_floor_per_s'])}   "
+        f"ratio d'/d {cell(r['ratio_staged_floor'], '')}, c/d' "
+        f"{cell(r['ratio_batched_staged_floor'], '')}",
+        f"  its CPU a record, and the rate   {cell(r['staged_floor_cpu_us'], ' us')}, "
+        f"{cell(r['staged_floor_bound_per_s'])} on {os.cpu_count()} cores "
+        f"(/d {cell(r['ratio_staged_bound'], '')})",
         f"(e) dlt rest_api merge             {cell(r['dlt_per_s'])}   "
         f"ratio c/e {cell(r['ratio_batched_dlt'], '')}",
         f"fetch stage ({r['delta_mode']})         {cell(r['fetch_per_s'])}   "

@@ -39,7 +39,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import ceilings, dlt_merge, upserts
 from e2e_options import parse_args
-from parts import REPO, BenchError, Deadline, Workers, figures, rss_mb, say, summary
+from parts import REPO, BenchError, Deadline, Workers, figures, rss_mb, safe_url, say, summary
 from source_process import SourceProcess
 
 from models.db import normalize_url
@@ -83,7 +83,7 @@ class Bench:
         self._claim_redis_db()
         self._create_database()
         self.redis.flushdb()
-        say(f"redis:      {_safe(self.args.redis)} (flushed)")
+        say(f"redis:      {safe_url(self.args.redis)} (flushed)")
         self.source = SourceProcess(DemoSourceOptions(page_size_max=1000)).start()
         self.source.seed(self.args.records)
         say(f"source:     {self.source.records_url} ({self.args.records} records)")
@@ -101,7 +101,7 @@ class Bench:
         from models.migrate import upgrade
 
         upgrade(self.db_url)
-        say(f"database:   {_safe(self.db_url)} (migrated)")
+        say(f"database:   {safe_url(self.db_url)} (migrated)")
         return {**os.environ, **env}
 
     def _claim_redis_db(self) -> None:
@@ -322,7 +322,7 @@ class Bench:
                 self.redis.flushdb()
                 self._release_redis_db()
             except redis.RedisError as exc:
-                say(f"could not flush {_safe(self.args.redis)}: {exc}")
+                say(f"could not flush {safe_url(self.args.redis)}: {exc}")
         if (self.failed and self.workers) or self.args.keep:
             say(f"worker logs and config kept in {self.tmp}")
         else:
@@ -353,13 +353,6 @@ class Bench:
         return {**found, "ceiling_records": a.ceiling_records or n, "versions": a.versions}
 
 
-def _safe(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.rsplit("@", 1)[-1]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -385,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.failed = True
         raise
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        for stop in (signal.SIGINT, signal.SIGTERM):  # a second one must not skip cleanup
+            signal.signal(stop, signal.SIG_IGN)
         try:
             bench.cleanup()
         finally:

@@ -143,6 +143,16 @@ def rss_mb(pids: list[int]) -> float:
     return round(largest / 1024, 1)
 
 
+def safe_url(url: str) -> str:
+    """``url`` without its password, for what the benchmark prints."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.rsplit("@", 1)[-1]
+
+
 def figures(
     n: int,
     ceilings: tuple[float, float | None],

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from models import deadletters, driver, finishing, prepared, rollups, runs
 from models.db import get_engine, is_sqlite, session_scope
 from models.redaction import redact
-from models.schema import OPEN, RecordStatus, StagedRecord, others_than, sql_list
+from models.schema import OPEN, OPEN_ROW, RecordStatus, StagedRecord, others_than, sql_list
 from models.staging import stage as stage  # re-exported: callers stage through the queue
 from models.staging import stage_dead as stage_dead
 from models.values import utcnow
@@ -271,6 +271,7 @@ def republish_due(
             session.scalars(
                 select(StagedRecord.id)
                 .where(
+                    text(OPEN_ROW),  # ix_ihub_records_open_due
                     StagedRecord.status.in_(statuses),
                     StagedRecord.due_at < now - timedelta(seconds=overdue),
                     StagedRecord.integration.not_in(skip or []),

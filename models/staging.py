@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from models import deadletters, staging_pg
 from models.db import dialect_insert
-from models.schema import LatestRecord, RecordStatus, StagedRecord
+from models.schema import DEAD_ROW, LatestRecord, RecordStatus, StagedRecord
 from models.storable import storable_id, storable_payload, storable_text
 from models.values import SourceRecord, utcnow
 
@@ -190,9 +190,9 @@ def stage_dead(
 
 def _already_dead(session: Session, integration: str, record_id: str, digest: str) -> bool:
     query = select(StagedRecord.id).where(
+        text(DEAD_ROW),  # ix_ihub_records_dead_record
         StagedRecord.integration == integration,
         StagedRecord.record_id == record_id,
         StagedRecord.digest == digest,
-        StagedRecord.status == S.DEAD,
     )
     return session.scalars(query.limit(1)).first() is not None

@@ -140,8 +140,8 @@ def execute_values_upsert(db_url: str, records: list[dict[str, Any]], deadline: 
 
 
 class Floor(NamedTuple):
-    """The staged floor's rate, and the CPU it cost a record: this process's (the demo
-    source's threads included) and every Postgres server process's."""
+    """The staged floor's rate, and the CPU it cost a record: this process's and every Postgres
+    server process's (not the demo source's, which serves from a process of its own)."""
 
     per_s: float
     cpu_s: float

@@ -4,10 +4,11 @@
                         [--concurrency 2] [--pool prefork] [--batch-size 500]
 
 In one run, with the same Postgres, Redis and workers x concurrency:
-(a) the no-op Celery ceiling (bench/noop_tasks.py); (b) ihub per-record; (c) ihub batched;
-(d) a plain psycopg2 ``execute_values`` upsert of the same rows; (e) dlt's ``rest_api`` merge
-load when dlt is installed (skipped with a note otherwise); then a 1 % delta after the last
-full load. Prints a table and, as its last line, one JSON object. See bench/README.md.
+(a) the no-op Celery ceiling (bench/noop_tasks.py), (a') its tasks each making one committed
+write; (b) ihub per-record; (c) ihub batched; (d) a plain psycopg2 ``execute_values`` upsert
+of the same rows, (d') pages read, staged and upserted in one process; (e) dlt's ``rest_api``
+merge load when dlt is installed (skipped with a note otherwise); then a 1 % delta after the
+last full load. Prints a table and, as its last line, one JSON object. See bench/README.md.
 """
 
 from __future__ import annotations

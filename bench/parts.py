@@ -168,7 +168,7 @@ def figures(
         return round(n / load["full"][key], 1) if load else None
 
     per_record, batched = rate("per-record"), rate("batched")
-    ceiling, floor = ceilings
+    ceiling, write = ceilings
     upsert, staged = upserts
     tail = loads[last]
     delta = tail["delta"]["e2e_s"] / tail["full"]["e2e_s"]
@@ -178,9 +178,9 @@ def figures(
         "ceiling_per_s": round(ceiling, 1),
         "per_record_per_s": per_record,
         "ratio_per_record": round(per_record / ceiling, 3) if per_record else None,
-        "write_ceiling_per_s": None if floor is None else round(floor, 1),
-        "ratio_write_ceiling": None if floor is None else round(floor / ceiling, 3),
-        "ratio_per_record_write": round(per_record / floor, 3) if per_record and floor else None,
+        "write_ceiling_per_s": None if write is None else round(write, 1),
+        "ratio_write_ceiling": None if write is None else round(write / ceiling, 3),
+        "ratio_per_record_write": round(per_record / write, 3) if per_record and write else None,
         "batched_per_s": batched,
         "batch_upsert_per_s": round(upsert, 1),
         "ratio_batched": round(batched / upsert, 3) if batched else None,
@@ -237,7 +237,7 @@ def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"(c) ihub batched, end to end       {cell(r['batched_per_s'])}",
         f"(d) psycopg2 execute_values upsert {cell(r['batch_upsert_per_s'])}   "
         f"ratio c/d {cell(r['ratio_batched'], '')}",
-        f"(d') read, staged, then upserted  {cell(r['staged_floor_per_s'])}   "
+        f"(d') read, staged, then upserted   {cell(r['staged_floor_per_s'])}   "
         f"ratio d'/d {cell(r['ratio_staged_floor'], '')}, c/d' "
         f"{cell(r['ratio_batched_staged_floor'], '')}",
         f"  its CPU a record, and the rate   {cell(r['staged_floor_cpu_us'], ' us')}, "

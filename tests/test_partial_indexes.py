@@ -1,5 +1,5 @@
-"""ihub_records' partial indexes: the queries they are for use them, on both dialects, and a
-done row is in neither the open-rows nor the dead-rows index (migration 0007)."""
+"""ihub_records' partial indexes (migration 0007): their predicates keep done rows out of the
+open-rows and dead-rows indexes, and the queries they are for use them, on both dialects."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import bindparam, event, text
 
 from models import queue, retention, runs
 from models.db import get_engine, session_scope
@@ -71,11 +71,9 @@ def only_plan(url: str, seen: list[tuple[str, Any]]) -> str:
     return plan(url, *seen[0])
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite_url", "pg_url"])
 def url(request: pytest.FixtureRequest) -> str:
-    return str(
-        request.getfixturevalue(f"{'pg' if request.param == 'postgres' else request.param}_url")
-    )
+    return str(request.getfixturevalue(request.param))
 
 
 def test_republishing_reads_the_open_rows_index(url: str) -> None:
@@ -114,14 +112,8 @@ def finish_all(url: str, ids: list[int]) -> None:
         session.execute(
             text("UPDATE ihub_records SET status = 'done', finished_at = :now WHERE id IN :ids")
             .bindparams(now=datetime.now(UTC).replace(tzinfo=None))
-            .bindparams(_expanding("ids", ids))
+            .bindparams(bindparam("ids", ids, expanding=True))
         )
-
-
-def _expanding(name: str, values: list[int]) -> Any:
-    from sqlalchemy import bindparam
-
-    return bindparam(name, values, expanding=True)
 
 
 def predicates(url: str) -> dict[str, str | None]:

@@ -47,7 +47,8 @@ def noop_ceiling(
     """N no-op tasks through the same Celery settings, broker and workers x concurrency; the
     tasks per second from the first publish to the last one counted."""
     noop_tasks = _ceiling_app()
-    return _ceiling(bench, env, n, (workers, concurrency, pool), noop_tasks.TASK, "no-op")
+    task = (noop_tasks.TASK, noop_tasks.COUNTER)
+    return _ceiling(bench, env, n, (workers, concurrency, pool), task, "no-op")
 
 
 def write_ceiling(
@@ -60,7 +61,8 @@ def write_ceiling(
     noop_tasks.create_write_table(dsn)
     layout = (workers, concurrency, pool)
     env = {**env, "IHUB_BENCH_WRITE_DSN": dsn}
-    return _ceiling(bench, env, n, layout, noop_tasks.WRITE_TASK, "write")
+    task = (noop_tasks.WRITE_TASK, noop_tasks.WRITE_COUNTER)
+    return _ceiling(bench, env, n, layout, task, "write")
 
 
 def _ceiling_app() -> Any:
@@ -72,11 +74,16 @@ def _ceiling_app() -> Any:
 
 
 def _ceiling(
-    bench: Any, env: dict[str, str], n: int, layout: tuple[int, int, str], task: str, label: str
+    bench: Any,
+    env: dict[str, str],
+    n: int,
+    layout: tuple[int, int, str],
+    task: tuple[str, str],
+    label: str,
 ) -> float:
+    """N tasks named ``task[0]``, each counting itself in the Redis key ``task[1]``."""
     noop_tasks = _ceiling_app()
-    counter = noop_tasks.WRITE_COUNTER if task == noop_tasks.WRITE_TASK else noop_tasks.COUNTER
-    workers, concurrency, pool = layout
+    (name, counter), (workers, concurrency, pool) = task, layout
     bench.redis.flushdb()
     path = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
     env = {**env, "PYTHONPATH": path}
@@ -90,7 +97,7 @@ def _ceiling(
     from tasks.publishing import publish_each  # the way ihub publishes
 
     started = time.monotonic()
-    publish_each(noop_tasks.app, task, ((i,) for i in range(n)))
+    publish_each(noop_tasks.app, name, ((i,) for i in range(n)))
     say(f"  publish {time.monotonic() - started:7.1f}s  {n} {label} task(s) published")
 
     def progress() -> tuple[bool, str]:

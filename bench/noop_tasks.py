@@ -18,6 +18,7 @@ keeps no books: no staged row, no done mark, no metrics.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import psycopg2
 import redis
@@ -36,7 +37,7 @@ app.config_from_object("celeryconfig")
 app.conf.broker_url = os.environ.get("IHUB_BROKER_URL") or "redis://127.0.0.1:6379/14"
 
 _client: tuple[int, redis.Redis] | None = None
-_writer: tuple[int, object] | None = None
+_writer: tuple[int, Any] | None = None
 
 
 def counter_client() -> redis.Redis:
@@ -53,7 +54,7 @@ def noop(row_id: int) -> None:
     counter_client().incr(COUNTER)
 
 
-def writer() -> object:
+def writer() -> Any:
     """One autocommit Postgres connection per process, kept like ihub's ``models.driver``."""
     global _writer
     if _writer is None or _writer[0] != os.getpid():
@@ -75,7 +76,7 @@ def create_write_table(dsn: str) -> None:
 @app.task(name=WRITE_TASK, acks_late=True, ignore_result=True)
 def write(row_id: int) -> None:
     """The no-op's work and one durable, idempotent write: the least a record's task can do."""
-    with writer().cursor() as cursor:  # type: ignore[attr-defined]
+    with writer().cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {WRITE_TABLE} (id, version, payload) VALUES (%s, %s, %s)"
             " ON CONFLICT (id) DO UPDATE SET version = excluded.version,"

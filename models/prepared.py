@@ -10,6 +10,13 @@ connection has prepared is kept with it (``models.driver``). A server that lost 
 the statements are prepared again and the query string, which ran as one transaction and was
 rolled back whole, is sent once more.
 
+A prepared statement runs its generic plan: the session that prepares them is set to
+``plan_cache_mode = force_generic_plan`` in the same query string. Left to choose, the server
+planned the done mark afresh at every execution, as its generic plan's estimate for ``id =
+ANY($1)`` (ten rows) never beat the custom plans' (one): about a third of a record's server
+CPU (bench/README.md, twelfth sitting). Every prepared statement finds its rows by primary
+key, which the generic plan does as well as a custom one.
+
 ``IHUB_PG_PREPARE=0`` (``use(False)``, which the hub calls with its setting) turns it off,
 for a transaction-pooling PgBouncer, which does not keep a session's prepared statements: the
 statements are then sent as text in the same query strings.
@@ -33,6 +40,8 @@ from models.driver import DriverConnection
 # invalid_sql_statement_name, duplicate_prepared_statement, "cached plan must not change result
 # type": what the server holds differs from what this connection believes; prepare again
 LOST = {"26000", "42P05", "0A000"}
+GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
+GENERIC_PLANS_SINCE = 120000  # the setting's server version (PostgreSQL 12)
 _PLACEHOLDER = re.compile(r"%\(([^)]+)\)s")
 
 
@@ -80,7 +89,8 @@ def send(connection: DriverConnection, statements: Sequence[Statement], prefix: 
         sql = ";\n".join([*parts, *(statement.sql for statement in statements)])
         return _execute(connection, sql, _merged(statements))
     for attempt in (1, 2):
-        sql, names = _query(statements, prefix, connection.prepared)
+        generic = not connection.prepared and connection.raw.server_version >= GENERIC_PLANS_SINCE
+        sql, names = _query(statements, prefix, connection.prepared, generic=generic)
         try:
             sent = _execute(connection, sql, _merged(statements))
         except psycopg2.Error as exc:
@@ -103,8 +113,11 @@ def _execute(connection: DriverConnection, sql: str, params: dict[str, Any]) -> 
 
 
 def _query(
-    statements: Sequence[Statement], prefix: str, prepared: set[str]
+    statements: Sequence[Statement], prefix: str, prepared: set[str], *, generic: bool = False
 ) -> tuple[str, list[str]]:
+    """The query string and the names it prepares; ``generic``: a string that prepares sets
+    the session to generic plans first (a rolled back string takes the setting with it and
+    forgets its statements, so the next one sets it again)."""
     parts, names = [], []
     for statement in statements:
         if not statement.prepare:
@@ -116,6 +129,8 @@ def _query(
             signature = f" ({declared})" if order else ""
             parts.append(f"PREPARE {name}{signature} AS {body}")
             names.append(name)
+    if generic and names:
+        parts.insert(0, GENERIC_PLANS)
     if prefix:
         parts.append(prefix)
     for statement in statements:

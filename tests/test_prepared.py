@@ -2,8 +2,9 @@
 
 A statement is prepared once per connection, in the query string of its first EXECUTE; a
 server that lost the statements, or a query string that failed halfway, leaves the next one
-working; IHUB_PG_PREPARE=0 sends plain text; and a record processed with them counts the
-same duration in its row and in the minute's rollup (the done mark's parameter types).
+working; they run generic plans; IHUB_PG_PREPARE=0 sends plain text; and a record processed
+with them counts the same duration in its row and in the minute's rollup (the done mark's
+parameter types).
 """
 
 from __future__ import annotations
@@ -150,6 +151,40 @@ def test_a_record_counts_the_same_duration_in_its_row_and_its_rollup(
 ) -> None:
     """The done mark's duration is a parameter used twice (the row's, the rollup's sum): it
     must stay a float in both, on the first execution and on the generic plan after five."""
+    assert process_eight(pg_url, tmp_path) == ["done"] * 8
+    with get_engine(pg_url).connect() as connection:
+        durations = connection.exec_driver_sql(
+            "SELECT count(*), sum(duration_ms) FROM ihub_records WHERE status = 'done'"
+        ).one()
+        rolled = connection.exec_driver_sql(
+            "SELECT sum(done), sum(duration_count), sum(duration_sum_ms) FROM ihub_rollups"
+        ).one()
+        written = connection.exec_driver_sql("SELECT count(*) FROM t").scalar()
+    assert durations[0] == 8 and rolled[0] == 8 and rolled[1] == 8 and written == 8
+    assert durations[1] > 0 and rolled[2] == pytest.approx(durations[1])
+    assert durations[1] != round(durations[1])  # not cut to whole milliseconds
+
+
+def test_a_record_path_statement_runs_its_generic_plan(pg_url: str, tmp_path: Path) -> None:
+    """Left to choose, the server planned the done mark afresh at every execution (its
+    generic estimate for ``id = ANY(...)`` never beat a custom plan's): the session that
+    prepares is set to generic plans."""
+    assert process_eight(pg_url, tmp_path) == ["done"] * 8
+    with driver.connection(pg_url) as connection:
+        plans = query(
+            connection,
+            "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE name LIKE 'ihub_%%'",
+        )
+        mode = query(connection, "SHOW plan_cache_mode")
+    assert len(plans) >= 2, plans  # the read of a waiting row; the done mark
+    assert all(custom == 0 and generic > 0 for _, generic, custom in plans), plans
+    assert mode == [("force_generic_plan",)]
+
+
+def process_eight(pg_url: str, tmp_path: Path) -> list[str]:
+    """Eight records staged and processed one by one into a table of ``pg_url``: their
+    outcomes."""
     settings = settings_from_env({"IHUB_DATABASE_URL": pg_url, "IHUB_HOME": str(tmp_path)})
     config = parse_config(
         {
@@ -165,18 +200,7 @@ def test_a_record_counts_the_same_duration_in_its_row_and_its_rollup(
     records = [SourceRecord(f"r{i}", now, {"id": f"r{i}", "n": i}) for i in range(8)]
     with session_scope(pg_url) as session:
         row_ids = queue.stage(session, "items", None, records, due_in=300)
-    assert [process_record(hub, row_id).status for row_id in row_ids] == ["done"] * 8
-    with get_engine(pg_url).connect() as connection:
-        durations = connection.exec_driver_sql(
-            "SELECT count(*), sum(duration_ms) FROM ihub_records WHERE status = 'done'"
-        ).one()
-        rolled = connection.exec_driver_sql(
-            "SELECT sum(done), sum(duration_count), sum(duration_sum_ms) FROM ihub_rollups"
-        ).one()
-        written = connection.exec_driver_sql("SELECT count(*) FROM t").scalar()
-    assert durations[0] == 8 and rolled[0] == 8 and rolled[1] == 8 and written == 8
-    assert durations[1] > 0 and rolled[2] == pytest.approx(durations[1])
-    assert durations[1] != round(durations[1])  # not cut to whole milliseconds
+    return [process_record(hub, row_id).status for row_id in row_ids]
 
 
 def test_the_setting_reaches_the_process(tmp_path: Path) -> None:

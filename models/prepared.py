@@ -10,7 +10,7 @@ connection has prepared is kept with it (``models.driver``). A server that lost 
 the statements are prepared again and the query string, which ran as one transaction and was
 rolled back whole, is sent once more.
 
-A prepared statement runs its generic plan: the session that prepares them is set to
+Prepared statements run their generic plans: the session that prepares them is set to
 ``plan_cache_mode = force_generic_plan`` in the same query string. Left to choose, the server
 planned the done mark afresh at every execution, as its generic plan's estimate for ``id =
 ANY($1)`` (ten rows) never beat the custom plans' (one): about a third of a record's server

@@ -150,7 +150,8 @@ def test_a_record_counts_the_same_duration_in_its_row_and_its_rollup(
     pg_url: str, tmp_path: Path
 ) -> None:
     """The done mark's duration is a parameter used twice (the row's, the rollup's sum): it
-    must stay a float in both, on the first execution and on the generic plan after five."""
+    must stay a float in both, on the generic plan the session runs from the first execution
+    (the parameter's type is declared: that plan cannot take it from a value)."""
     assert process_eight(pg_url, tmp_path) == ["done"] * 8
     with get_engine(pg_url).connect() as connection:
         durations = connection.exec_driver_sql(

@@ -89,7 +89,7 @@ def send(connection: DriverConnection, statements: Sequence[Statement], prefix: 
         sql = ";\n".join([*parts, *(statement.sql for statement in statements)])
         return _execute(connection, sql, _merged(statements))
     for attempt in (1, 2):
-        generic = not connection.prepared and connection.raw.server_version >= GENERIC_PLANS_SINCE
+        generic = connection.raw.server_version >= GENERIC_PLANS_SINCE
         sql, names = _query(statements, prefix, connection.prepared, generic=generic)
         try:
             sent = _execute(connection, sql, _merged(statements))
@@ -116,8 +116,8 @@ def _query(
     statements: Sequence[Statement], prefix: str, prepared: set[str], *, generic: bool = False
 ) -> tuple[str, list[str]]:
     """The query string and the names it prepares; ``generic``: a string that prepares sets
-    the session to generic plans first (a rolled back string takes the setting with it and
-    forgets its statements, so the next one sets it again)."""
+    the session to generic plans first (a few times a connection; a rolled back string takes
+    the setting with it and forgets its statements, so the next one sets it again)."""
     parts, names = [], []
     for statement in statements:
         if not statement.prepare:

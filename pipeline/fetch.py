@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 
-from models import integrations, leases, queue, runs
+from models import checkpoint, integrations, queue, runs
 from models.db import session_scope
 from models.redaction import redact
-from models.schema import FetchRun, IntegrationStatus
+from models.schema import IntegrationStatus
 from pipeline.budget import Continuation, plan_run
 from pipeline.delta import Watermark, advance, lower_bound, settle
 from pipeline.errors import ReauthRequired
@@ -202,18 +202,23 @@ def _stage_page(
         new_ids = queue.stage(session, name, run_id, page.records, due_in=due_in, **options)
         for reject in page.rejects:
             queue.stage_dead(session, name, run_id, reject.record_id, reject.payload, reject.reason)
-        if not integrations.move_watermark(session, name, watermark, moved):
+        point = checkpoint.Checkpoint(
+            name,
+            run_id,
+            fetched=len(page.records) + len(page.rejects),
+            staged=len(new_ids),
+            old=watermark,
+            new=moved,
+            lease=lease_name(name),
+            owner=owner,
+            ttl=hub.settings.fetch_lease_ttl,
+        )
+        outcome = checkpoint.write(session, point)
+        if outcome == "lost_race":
             session.rollback()
             return False
-        if owner is not None and not leases.hold(
-            session, lease_name(name), owner, hub.settings.fetch_lease_ttl
-        ):
+        if outcome == "lease_lost":
             raise LeaseLost(name)
-        run = session.get(FetchRun, run_id)
-        if run is not None:
-            run.pages += 1
-            run.fetched += len(page.records) + len(page.rejects)
-            run.staged += len(new_ids)
     tally.pages, tally.fetched = tally.pages + 1, tally.fetched + len(page.records)
     tally.staged += len(new_ids)
     tally.unpublished += publish_safely(publish, new_ids, name)

@@ -39,20 +39,21 @@ def stage(
     refresh stages every record again); the new row ids, to publish.
 
     A few statements per page, whatever its size and the records' history: one read of
-    ``ihub_latest`` (one row per record), one multi-row insert (``COPY`` on Postgres), one
-    multi-row upsert of ``ihub_latest``.
+    ``ihub_latest`` (one row per record; on Postgres with the page's row ids), one multi-row
+    insert (``COPY`` on Postgres), one or two multi-row writes of ``ihub_latest``.
     """
     page = {r.id: r for r in records}  # a repeated id in one page: the last one is current
     now = utcnow()
     due = now + timedelta(seconds=due_in)
     if session.get_bind().dialect.name == "postgresql":
         with contextlib.closing(staging_pg.cursor(session)) as cur:
-            latest = {} if force else staging_pg.latest_staged(cur, integration, list(page))
+            drawn, latest = staging_pg.read_page(cur, integration, list(page), dedupe=not force)
             rows = _changed(page.values(), latest)
             if not rows:
                 return []
-            ids = staging_pg.insert_rows(cur, integration, run_id, rows, due=due, now=now)
+            ids = drawn[: len(rows)]
             staging_pg.remember_latest(cur, integration, rows, ids, None if force else latest)
+            staging_pg.insert_rows(cur, integration, run_id, rows, ids, due=due, now=now)
             return sorted(ids)
     latest = {} if force else _latest_staged(session, integration, list(page))
     rows = _changed(page.values(), latest)

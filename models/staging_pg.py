@@ -1,11 +1,12 @@
-"""Staging on PostgreSQL: a page in a handful of statements, on the session's own connection.
+"""Staging on PostgreSQL: a page in three or four statements, on the session's own connection.
 
 ``COPY`` is the fastest way into a Postgres table (measured: about twice SQLAlchemy's
 multi-row ``INSERT ... RETURNING`` for a page of 1,000 records), but it returns nothing; the row
-ids are drawn first from the table's sequence, one ``nextval`` per row in one statement, so the
-ids are known before the rows are written. The page's new records enter ``ihub_latest`` by
-``COPY`` as well, the ones it knew by an upsert. Everything runs on the session's transaction: the
-page, the watermark and the lease still commit together or not at all.
+ids are drawn first from the table's sequence, one ``nextval`` per row, in the statement that
+reads what dedupe needs, so the ids are known before the rows are written. The page's new
+records enter ``ihub_latest`` by ``COPY`` as well, the ones it knew by an upsert. Everything
+runs on the session's transaction: the page, the watermark and the lease still commit together
+or not at all.
 """
 
 from __future__ import annotations
@@ -37,21 +38,40 @@ def cursor(session: Session) -> Any:
     return session.connection().connection.dbapi_connection.cursor()
 
 
-def latest_staged(cur: Any, integration: str, record_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """The latest staged (version, digest) of each of ``record_ids``: one statement.
+SAVEPOINT = "ihub_latest_copy"
 
-    One primary-key lookup per id, whatever the planner knows: written as
+
+def read_page(
+    cur: Any, integration: str, record_ids: list[str], *, dedupe: bool = True
+) -> tuple[list[int], dict[str, tuple[str, str]]]:
+    """What a page needs before it is written, in one round trip: a row id for each of
+    ``record_ids``, drawn from the table's sequence (``COPY`` returns none; the changed
+    records take the first, the rest are skipped), and, when ``dedupe``, the latest staged
+    (version, digest) of each record. It also sets the savepoint that ``remember_latest``'s
+    ``COPY`` rolls back to.
+
+    The sequence is found once (materialised: per row it cost 6 of a page's 7 ms). The latest
+    rows are one primary-key lookup per id, whatever the planner knows: written as
     ``record_id = ANY(ids)``, a table never analysed (autovacuum off, or a first backfill
     faster than it) was read whole for every page, the ``ANY`` applied as a filter (measured:
     260 ms a page of 500 at 900,000 rows, against 2 ms this way). ``LIMIT 1`` keeps the
     lateral lookup from being flattened into a join the planner could then choose to hash."""
-    cur.execute(
-        "SELECT l.record_id, l.version, l.digest FROM unnest(%s::text[]) AS k(id)"
+    latest = (
+        "ARRAY(SELECT ARRAY[l.record_id, l.version, l.digest] FROM unnest(%(ids)s::text[]) AS k(id)"
         " CROSS JOIN LATERAL (SELECT record_id, version, digest FROM ihub_latest"
-        " WHERE integration = %s AND record_id = k.id LIMIT 1) AS l",
-        (record_ids, integration),
+        " WHERE integration = %(integration)s AND record_id = k.id LIMIT 1) AS l)"
+        if dedupe
+        else "ARRAY[]::text[]"
     )
-    return {record_id: (version, digest) for record_id, version, digest in cur.fetchall()}
+    cur.execute(
+        f"SAVEPOINT {SAVEPOINT};"
+        " WITH q AS MATERIALIZED (SELECT pg_get_serial_sequence('ihub_records', 'id')::regclass"
+        " AS seq) SELECT ARRAY(SELECT nextval(q.seq) FROM q, generate_series(1, %(count)s)),"
+        f" {latest}",
+        {"count": len(record_ids), "ids": record_ids, "integration": integration},
+    )
+    ids, found = cur.fetchone()
+    return ids, {record_id: (version, digest) for record_id, version, digest in found}
 
 
 def insert_rows(
@@ -59,17 +79,12 @@ def insert_rows(
     integration: str,
     run_id: int | None,
     rows: Sequence[tuple[str, str, str, str]],
+    ids: Sequence[int],
     *,
     due: datetime,
     now: datetime,
-) -> list[int]:
-    """Write ``rows`` (record id, version, digest, payload) as pending; their ids, in order."""
-    cur.execute(  # the sequence found once (materialised): per row it cost 6 of a page's 7 ms
-        "WITH q AS MATERIALIZED (SELECT pg_get_serial_sequence('ihub_records', 'id')::regclass"
-        " AS seq) SELECT nextval(q.seq) FROM q, generate_series(1, %s)",
-        (len(rows),),
-    )
-    ids = [row_id for (row_id,) in cur.fetchall()]
+) -> None:
+    """Write ``rows`` (record id, version, digest, payload) as pending, with ``ids`` in order."""
     run = NULL if run_id is None else str(run_id)
     tail = f"{RecordStatus.PENDING}\t0\t0\t{run}\t{due.isoformat()}\t{now.isoformat()}\n"
     head = f"\t{_text(integration)}\t"
@@ -79,7 +94,6 @@ def insert_rows(
         buffer.write(f"{_text(payload)}\t{tail}")
     buffer.seek(0)
     cur.copy_expert(f"COPY ihub_records ({COLUMNS}) FROM STDIN", buffer)
-    return ids
 
 
 def remember_latest(
@@ -91,6 +105,8 @@ def remember_latest(
 ) -> None:
     """Write the page's rows into ``ihub_latest``: the records it had not seen (``known``
     holds those it had, or None when that was not read) by ``COPY``, the rest by one upsert.
+    Before ``insert_rows``: a taken key rolls back to ``read_page``'s savepoint, which must
+    not take the page's rows with it.
 
     ``COPY`` wrote a page of new records four times faster than the upsert, whose every row
     probes the key before its insert. A record another fetch staged since ``known`` was read
@@ -112,11 +128,10 @@ def _copy_latest(cur: Any, integration: str, pairs: Latest) -> bool:
     for (record_id, version, digest, _), row_id in pairs:
         buffer.write(f"{head}{_text(record_id)}\t{_text(version)}\t{digest}\t{row_id}\n")
     buffer.seek(0)
-    cur.execute("SAVEPOINT ihub_latest_copy")
     try:
         cur.copy_expert(f"COPY ihub_latest ({LATEST_COLUMNS}) FROM STDIN", buffer)
     except psycopg2.errors.UniqueViolation:
-        cur.execute("ROLLBACK TO SAVEPOINT ihub_latest_copy")
+        cur.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")  # set by ``read_page``
         return False
     return True
 

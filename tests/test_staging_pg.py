@@ -87,7 +87,12 @@ def test_a_record_staged_meanwhile_falls_back_to_the_upsert(
     the savepoint takes the COPY back, and the upsert writes both; the page's rows all commit."""
     earlier = stage(pg_url, [rec("a", 0)])
     seen = sent(monkeypatch)
-    monkeypatch.setattr(staging_pg, "latest_staged", lambda *_: {})  # read before ``a`` landed
+    read = staging_pg.read_page
+
+    def before_a_landed(*args: Any, **kwargs: Any) -> tuple[list[int], dict[str, Any]]:
+        return read(*args, **kwargs)[0], {}
+
+    monkeypatch.setattr(staging_pg, "read_page", before_a_landed)
     later = stage(pg_url, [rec("a", 5, n=2), rec("b", 0)])
     assert seen == ["copy", "upsert"] and len(later) == 2
     assert pointers(pg_url) == {"a": later[0], "b": later[1]}

@@ -1,6 +1,6 @@
 """Celery settings for ihub, from the baseline in ../shared/PITFALLS.md.
 
-Loaded by ``tasks.app.create_app`` (``config_from_object``), which then applies what the
+Loaded by ``tasks.app.create_app`` (``tasks.conf.load_celeryconfig``), which then applies what the
 environment decides (``pipeline.settings``): the broker URL, its key prefix and the visibility
 timeout. Nothing here reads the environment.
 Every setting below names the failure it prevents.

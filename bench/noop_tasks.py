@@ -1,6 +1,6 @@
 """The ceilings for bench/e2e.py: a Celery app whose tasks do (almost) nothing, or one write.
 
-It takes ihub's exact Celery settings (``config_from_object("celeryconfig")``: acks_late,
+It takes ihub's exact Celery settings, loaded as ihub loads them (``tasks.conf``: acks_late,
 prefetch 1, the same queues and routing, task events, JSON) and ihub's broker
 (``IHUB_BROKER_URL``), so the gap between its rate and ihub's is the cost of ihub's own work:
 the database round trips, the sink upsert and the bookkeeping per record.
@@ -24,6 +24,8 @@ import psycopg2
 import redis
 from celery import Celery
 
+from tasks.conf import load_celeryconfig
+
 COUNTER = "ihub-bench:noop:done"
 TASK = "bench.noop"
 WRITE_COUNTER = "ihub-bench:write:done"
@@ -33,7 +35,7 @@ WRITE_TABLE = "bench_write_floor"
 ROW = '{"short_description": "license requested", "state": "new", "priority": 1}' * 3
 
 app = Celery("ihub_bench_noop")
-app.config_from_object("celeryconfig")
+load_celeryconfig(app)  # as ihub's app loads it
 app.conf.broker_url = os.environ.get("IHUB_BROKER_URL") or "redis://127.0.0.1:6379/14"
 
 _client: tuple[int, redis.Redis] | None = None

@@ -22,6 +22,7 @@ from pipeline.settings import Settings, settings_from_env
 from tasks import context
 from tasks.broker import embedded_broker_url, start_broker
 from tasks.checks import check_visibility
+from tasks.conf import load_celeryconfig
 from tasks.schedule import load_checked_config
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def get_app() -> Celery:
 def create_app() -> Celery:
     settings = settings_from_env()
     app = Celery("ihub")
-    app.config_from_object("celeryconfig")
+    load_celeryconfig(app)
     apply_settings(app.conf, settings)
     app.conf.broker_url = settings.broker_url or embedded_broker_url(settings.home)
     app.conf.ihub_embedded_home = None if settings.broker_url else str(settings.home)

@@ -35,6 +35,32 @@ def test_baseline_settings_are_in_force(app) -> None:
     assert conf.result_backend_transport_options["visibility_timeout"] == vt
 
 
+def test_every_setting_is_found_in_the_first_map_and_keeps_its_value(app) -> None:
+    """``tasks.conf`` copies each setting into the app's own map, where a lookup ends at once:
+    celeryconfig's values and Celery's defaults read as before, and a setting changed later
+    reads its new value."""
+    from celery import Celery
+
+    import celeryconfig
+
+    plain = Celery("plain")
+    plain.config_from_object("celeryconfig")
+    conf, first = app.conf, app.conf.maps[0]
+    assert first is conf.changes
+    for name in ("task_protocol", "task_default_exchange_type", "worker_send_task_events"):
+        assert name in first and conf[name] == plain.conf[name]  # defaults and celeryconfig's
+    own = [n for n in vars(celeryconfig) if n.islower() and not n.startswith("_")]
+    assert own and all(n in first for n in own)
+    set_by_create_app = {
+        *("broker_url", "broker_transport_options", "result_backend_transport_options"),
+        *("visibility_timeout", "ihub_embedded_home", "beat_schedule", "beat_schedule_filename"),
+    }
+    same = set(first) - set_by_create_app
+    assert {n: conf[n] for n in same} == {n: plain.conf[n] for n in same}
+    conf.task_default_priority = 7
+    assert conf.task_default_priority == 7 and app.conf["task_default_priority"] == 7
+
+
 def test_every_task_has_a_hard_limit_inside_the_visibility_timeout(app) -> None:
     """(prefetch + 1) x the longest hard limit stays under the visibility timeout (PITFALLS 2)."""
     limits = [t.time_limit for n, t in app.tasks.items() if n.startswith("ihub.")]

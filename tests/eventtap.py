@@ -10,11 +10,17 @@ import redis
 
 
 class EventTap:
-    """Every message on the broker's event channels, read in a thread: (routing key, events)."""
+    """Every message on the broker's event channels, read in a thread: (routing key, events).
+
+    Redis' channels are the server's, not a database's: kombu names an event channel after the
+    database (``/<db>.celeryev/<routing key>``), and the tap listens to its own database's only,
+    so a test run next to another on the same server reads none of the other's events."""
 
     def __init__(self, url: str) -> None:
-        self._pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe("*celeryev*")
+        self._client = redis.Redis.from_url(url)  # kept: collected, it closes the pool
+        db = self._client.connection_pool.connection_kwargs.get("db", 0)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe(f"*/{db}.celeryev/*")
         self.messages: list[tuple[str, list[dict]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)

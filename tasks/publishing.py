@@ -53,6 +53,7 @@ def publish_each(
                     event_dispatcher=events,
                     declare=declare,
                     argsrepr=shown,
+                    kwargsrepr="{}",  # none are passed; Celery's saferepr of {} costs as much
                 )
                 count += 1
         events.flush(producer)

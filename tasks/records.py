@@ -126,7 +126,13 @@ def describe_chunk(args: tuple[Any, ...]) -> str:
 def publish_records(app: Celery, row_ids: list[int]) -> None:
     """One process_record per row (tasks.publishing: pipelined, events batched)."""
     start_broker(app)
-    publish_each(app, "ihub.process_record", ((row_id,) for row_id in row_ids))
+    publish_each(app, "ihub.process_record", ((row_id,) for row_id in row_ids), describe_record)
+
+
+def describe_record(args: tuple[Any, ...]) -> str:
+    """A record task's arguments, ``(row id,)``, as Celery's ``saferepr`` writes them, which
+    cost a tenth of a publish's CPU."""
+    return f"({args[0]!r},)"
 
 
 _spools: dict[int, Spool] = {}

@@ -4,7 +4,8 @@
 
 On a database of its own (created and dropped on ``--pg``): (1) the fetch of the demo source,
 pages staged and checkpointed, each page published as batch tasks to ``--redis`` (flushed;
-nothing consumes them); (2) ``sync.process_record`` on rows one at a time into a table of the
+nothing consumes them), then 5,000 of its rows published as ``process_record`` tasks, for the
+CPU a publish costs; (2) ``sync.process_record`` on rows one at a time into a table of the
 same Postgres; (3) ``batch.process_batch`` on chunks of 500. It counts the round trips to
 Postgres each makes, and the CPU each costs a record, Postgres' (its server processes) and this
 process's (for the fetch that includes the demo source's HTTP threads, the same on both sides
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+PUBLISHED = 5000  # record tasks published to time a publish
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,12 +127,14 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
         published.extend(row_ids)
         publish(row_ids)
 
-    started, server, client = time.perf_counter(), postgres_cpu(), time.process_time()
+    trips[0], started, server = 0, time.perf_counter(), postgres_cpu()
+    client = time.process_time()
     result = sync.fetch_delta(hub, "incidents", keep, owner="bench")
-    fetch_s = time.perf_counter() - started
+    fetch_s, fetch_trips = time.perf_counter() - started, trips[0]
     fetch_server_s, fetch_client_s = postgres_cpu() - server, time.process_time() - client
     assert result.staged == records, result
     rows = sorted(published)
+    publish_us = _publish_cpu_us(rows[:PUBLISHED])
     half = len(rows) // 2
     single, chunked = rows[:half], rows[half:]
 
@@ -157,6 +161,8 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
         "fetch_per_s": round(records / fetch_s),
         "fetch_postgres_cpu_us": round(fetch_server_s * 1e6 / records, 1),
         "fetch_client_cpu_us": round(fetch_client_s * 1e6 / records, 1),
+        "fetch_round_trips_per_page": round(fetch_trips / max(result.pages, 1), 1),
+        "publish_record_task_cpu_us": publish_us,
         "per_record_ms": round(single_s * 1000 / len(single), 2),
         "per_record_round_trips": round(single_trips / len(single), 1),
         "per_record_postgres_cpu_ms": round(single_server_s * 1000 / len(single), 3),
@@ -166,6 +172,25 @@ def _measure(records: int, trips: list[int]) -> dict[str, Any]:
         "batched_postgres_cpu_us": round(batch_server_s * 1e6 / len(chunked), 1),
         "batched_client_cpu_us": round(batch_client_s * 1e6 / len(chunked), 1),
     }
+
+
+def _publish_cpu_us(row_ids: list[int]) -> float:
+    """This process's CPU a ``process_record`` task published, as a per-record fetch publishes
+    them (pages of 500), to the benchmark's Redis database, flushed afterwards (nothing
+    consumes them)."""
+    import redis
+
+    from tasks.app import get_app
+    from tasks.records import publish_records
+
+    app = get_app()
+    publish_records(app, row_ids[:10])  # the producer and the connection, made once
+    client = time.process_time()
+    for start in range(0, len(row_ids), 500):
+        publish_records(app, row_ids[start : start + 500])
+    spent = time.process_time() - client
+    redis.Redis.from_url(str(app.conf.broker_url)).flushdb()
+    return round(spent * 1e6 / max(len(row_ids), 1), 1)
 
 
 def postgres_cpu() -> float:

@@ -102,8 +102,11 @@ def test_a_record_staged_meanwhile_falls_back_to_the_upsert(
 
 def test_ids_that_copy_must_escape_round_trip(pg_url: str) -> None:
     """A backslash, quotes and non-ASCII in an id reach ``ihub_latest`` unchanged through
-    ``COPY``: a second read of the same records stages nothing, a new version one row each."""
+    ``COPY``, and come back unchanged through the array dedupe reads them in (braces, commas,
+    blanks and the word NULL are what an array literal quotes): a second read of the same
+    records stages nothing, a new version one row each."""
     odd = ["back\\slash", 'it\'s "quoted"', "ünïcødé 記録", "\\N", "tail\\"]
+    odd += ["{braced}", "a,b", " padded ", "NULL", "null", ""]
     first = stage(pg_url, [rec(i, 0) for i in odd])
     assert set(pointers(pg_url)) == set(odd) and len(first) == len(odd)
     assert stage(pg_url, [rec(i, 0) for i in odd]) == []

@@ -85,6 +85,12 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database URL, once on SQLite and once on a fresh Postgres database."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis database number no other run is using, flushed before and after."""

@@ -72,11 +72,6 @@ def make_source() -> Iterator[Factory]:
         source.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

@@ -244,12 +244,6 @@ def test_version_string_normalises_zones() -> None:
 # --- SqlSink on SQLite and Postgres ---------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A migrated database URL: SQLite file or a fresh Postgres database."""
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 def rows(url: str, table: str) -> dict[str, dict[str, Any]]:
     with get_engine(url).connect() as connection:
         result = connection.execute(text(f'SELECT * FROM "{table}"')).mappings()

@@ -146,79 +146,69 @@ def test_a_page_failing_past_its_retries_fails_the_run_and_the_next_resumes(
 # --- the lease -----------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite_url", "pg_url"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Both backends: a page's checkpoint is one statement on Postgres, three elsewhere."""
-    return str(request.getfixturevalue(request.param))
-
-
 def test_a_run_that_lost_its_lease_stops_without_moving_the_watermark(
-    database_url: str, tmp_path: Path, demo: DemoSource
+    db_url: str, tmp_path: Path, demo: DemoSource
 ) -> None:
     """Another owner takes the lease over after page 1: the run stops at its next checkpoint,
     that page is not staged and the watermark stays at page 1."""
     spread(demo, 6)
     demo.advance_clock(60)
-    hub = make_hub(database_url, tmp_path, demo, pagination=KEYSET)
+    hub = make_hub(db_url, tmp_path, demo, pagination=KEYSET)
 
     def steal() -> None:
-        with session_scope(database_url) as session:
+        with session_scope(db_url) as session:
             session.execute(update(Lease).values(owner="thief"))
 
     after_page(hub, 2, steal)
     result = fetch(hub)
     assert result.status == "lease_lost"
-    assert runs.latest(database_url, NAME)["status"] == "lease_lost"
-    assert integrations.watermark(database_url, NAME) == Watermark(
-        T0 + timedelta(seconds=1), "REC000002"
-    )
-    assert staged_ids(database_url) == ["REC000001", "REC000002"]
-    assert leases.current(database_url, lease_name(NAME)).owner == "thief"
+    assert runs.latest(db_url, NAME)["status"] == "lease_lost"
+    assert integrations.watermark(db_url, NAME) == Watermark(T0 + timedelta(seconds=1), "REC000002")
+    assert staged_ids(db_url) == ["REC000001", "REC000002"]
+    assert leases.current(db_url, lease_name(NAME)).owner == "thief"
 
 
 def test_a_run_whose_watermark_another_fetch_moved_stops_and_stages_nothing_more(
-    database_url: str, tmp_path: Path, demo: DemoSource
+    db_url: str, tmp_path: Path, demo: DemoSource
 ) -> None:
     """The watermark moved under the run after its first page (an operator's reset, a fetch
     that raced it): the compare-and-set of page 2 fails, so page 2 is not staged, the run's
     counters keep page 1 only, and the watermark is the one the other set (PITFALLS 27)."""
     spread(demo, 6)
     demo.advance_clock(60)
-    hub = make_hub(database_url, tmp_path, demo, pagination=KEYSET)
+    hub = make_hub(db_url, tmp_path, demo, pagination=KEYSET)
     elsewhere = Watermark(T0 + timedelta(seconds=4), "REC000005")
-    after_page(hub, 2, lambda: integrations.set_watermark(database_url, NAME, elsewhere))
+    after_page(hub, 2, lambda: integrations.set_watermark(db_url, NAME, elsewhere))
     result = fetch(hub)
     assert result.status == "lost_race" and result.pages == 1
-    assert staged_ids(database_url) == ["REC000001", "REC000002"]
-    assert integrations.watermark(database_url, NAME) == elsewhere
-    run = runs.latest(database_url, NAME)
+    assert staged_ids(db_url) == ["REC000001", "REC000002"]
+    assert integrations.watermark(db_url, NAME) == elsewhere
+    run = runs.latest(db_url, NAME)
     assert (run["pages"], run["fetched"], run["staged"]) == (1, 2, 2)
 
 
 def test_each_page_renews_the_lease_and_counts_into_its_run(
-    database_url: str, tmp_path: Path, demo: DemoSource
+    db_url: str, tmp_path: Path, demo: DemoSource
 ) -> None:
     """Three pages of two: the run counts every page, 6 fetched and 6 staged, the watermark is
     the last record, and pages 1 and 2's checkpoints renewed the lease: it was renewed later
     when page 3 was answered than when page 1 was."""
     spread(demo, 6)
     demo.advance_clock(60)
-    hub = make_hub(database_url, tmp_path, demo, pagination=KEYSET)
+    hub = make_hub(db_url, tmp_path, demo, pagination=KEYSET)
     renewals: list[datetime | None] = []
 
     def look() -> None:
-        with session_scope(database_url) as session:
+        with session_scope(db_url) as session:
             renewals.append(session.get(Lease, lease_name(NAME)).renewed_at)
 
     after_page(hub, 1, look)
     after_page(hub, 3, look)
     result = fetch(hub)
     assert result.status == "ok" and result.pages >= 3
-    run = runs.latest(database_url, NAME)
+    run = runs.latest(db_url, NAME)
     assert (run["fetched"], run["staged"]) == (6, 6) and run["pages"] == result.pages
-    assert integrations.watermark(database_url, NAME) == Watermark(
-        T0 + timedelta(seconds=5), "REC000006"
-    )
+    assert integrations.watermark(db_url, NAME) == Watermark(T0 + timedelta(seconds=5), "REC000006")
     first, third = renewals
     assert first is not None and third is not None and third > first
 

@@ -48,12 +48,6 @@ def target():
     demo.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_db(request: pytest.FixtureRequest) -> str:
-    """ihub's database on SQLite and on Postgres (the lock's race differs between them)."""
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 @pytest.fixture
 def sink(target: ServiceNowTarget, sqlite_url: str) -> RestSink:
     return servicenow_sink(target.table_url("incident"), sqlite_url)
@@ -127,11 +121,11 @@ def test_same_or_older_version_sends_nothing(sink, target) -> None:
     assert only(target, "E1")["short_description"] == "new"
 
 
-def test_two_workers_racing_on_one_new_key_create_one_record(target, any_db) -> None:
+def test_two_workers_racing_on_one_new_key_create_one_record(target, db_url) -> None:
     """Two sinks (two workers) write two versions of a new key at once against a slow create:
     the per-key lock makes the second find the first's record; one record, newest version."""
     target.set(write_delay=0.5)
-    sinks = [servicenow_sink(target.table_url("incident"), any_db) for _ in range(2)]
+    sinks = [servicenow_sink(target.table_url("incident"), db_url) for _ in range(2)]
     errors: list[BaseException] = []
 
     def write(sink: RestSink, version: str, text: str) -> None:
@@ -152,14 +146,14 @@ def test_two_workers_racing_on_one_new_key_create_one_record(target, any_db) -> 
     assert only(target, "F1")["short_description"] == "v2"
 
 
-def test_key_lock_is_exclusive_and_expires(any_db) -> None:
+def test_key_lock_is_exclusive_and_expires(db_url) -> None:
     """One holder at a time; a holder that died frees the key when its TTL runs out."""
-    assert idmap.acquire(any_db, "itsm", "K", "a", ttl=60)
-    assert not idmap.acquire(any_db, "itsm", "K", "b", ttl=60)
-    idmap.release(any_db, "itsm", "K", "a")
-    assert idmap.acquire(any_db, "itsm", "K", "b", ttl=-1)  # already expired
-    assert idmap.acquire(any_db, "itsm", "K", "c", ttl=60)
-    assert not idmap.renew(any_db, "itsm", "K", "b", ttl=60)
+    assert idmap.acquire(db_url, "itsm", "K", "a", ttl=60)
+    assert not idmap.acquire(db_url, "itsm", "K", "b", ttl=60)
+    idmap.release(db_url, "itsm", "K", "a")
+    assert idmap.acquire(db_url, "itsm", "K", "b", ttl=-1)  # already expired
+    assert idmap.acquire(db_url, "itsm", "K", "c", ttl=60)
+    assert not idmap.renew(db_url, "itsm", "K", "b", ttl=60)
 
 
 def test_busy_key_is_a_transient_error_after_a_bounded_wait(sink, sqlite_url) -> None:

@@ -7,7 +7,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
 from ihub import report
@@ -24,11 +23,6 @@ from pipeline.timefmt import utcnow
 
 NAME = "items"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
 def make_hub(url: str, home: Path) -> Hub:

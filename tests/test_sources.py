@@ -219,11 +219,6 @@ def test_keyset_without_a_way_past_a_full_second_fails_instead_of_looping(
 # --- deletions -----------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 def test_sink_delete_keeps_a_tombstone_that_an_older_write_cannot_pass(db_url: str) -> None:
     """delete removes the row; an older write cannot bring it back, a newer one can."""
     sink = SqlSink(db_url, "target", "id")

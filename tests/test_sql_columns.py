@@ -28,12 +28,6 @@ from pipeline.sync import process_record
 from pipeline.timefmt import utcnow
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A migrated database URL: SQLite file or a fresh Postgres database."""
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 def rows(url: str, table: str = "items") -> dict[str, dict[str, Any]]:
     with get_engine(url).connect() as connection:
         result = connection.execute(text(f'SELECT * FROM "{table}"')).mappings()

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from models import integrations, leases
+from models import integrations, leases, staging_pg
 from models.schema import FetchRun
 from models.values import Watermark, utcnow
 
@@ -100,8 +100,7 @@ def _write_postgres(session: Session, point: Checkpoint) -> Outcome:
             " WHERE name = %(lease)s AND owner = %(owner)s RETURNING 1)"
         )
         held = "(SELECT count(*) FROM held)"
-    connection = session.connection().connection.dbapi_connection
-    with contextlib.closing(connection.cursor()) as cur:
+    with contextlib.closing(staging_pg.cursor(session)) as cur:
         cur.execute(f"WITH {', '.join(parts)} SELECT {moved}, {held}", params)
         moved_rows, held_rows = cur.fetchone()
     if moved_rows != 1:

@@ -88,8 +88,8 @@ def send(connection: DriverConnection, statements: Sequence[Statement], prefix: 
         parts = [prefix] if prefix else []
         sql = ";\n".join([*parts, *(statement.sql for statement in statements)])
         return _execute(connection, sql, _merged(statements))
+    generic = connection.raw.server_version >= GENERIC_PLANS_SINCE
     for attempt in (1, 2):
-        generic = connection.raw.server_version >= GENERIC_PLANS_SINCE
         sql, names = _query(statements, prefix, connection.prepared, generic=generic)
         try:
             sent = _execute(connection, sql, _merged(statements))

@@ -33,12 +33,15 @@ def upserts(bench: Any, modes: list[str], page_limit: int) -> tuple[float, Floor
     """The ``execute_values`` upsert of the source's records (rows a second), and the staged
     floor when ``modes`` has batched."""
     records = list(bench.source.snapshot().values())
-    upsert = execute_values_upsert(bench.db_url, records, bench.deadline)
+    with bench.cpu.phase("batch_upsert", len(records)):
+        upsert = execute_values_upsert(bench.db_url, records, bench.deadline)
     if "batched" not in modes:
         return upsert, None
     token = bench.source_token()
     gc.collect()  # untimed, as before each load: a full collection is the harness's, not ours
-    return upsert, staged_floor(bench.source, bench.db_url, token, page_limit, bench.deadline)
+    with bench.cpu.phase("staged_floor", len(records)):
+        floor = staged_floor(bench.source, bench.db_url, token, page_limit, bench.deadline)
+    return upsert, floor
 
 
 def noop_ceiling(
@@ -96,15 +99,15 @@ def _ceiling(
     bench.redis.delete(counter)
     from tasks.publishing import publish_each  # the way ihub publishes
 
-    started = time.monotonic()
-    publish_each(noop_tasks.app, name, ((i,) for i in range(n)))
-    say(f"  publish {time.monotonic() - started:7.1f}s  {n} {label} task(s) published")
-
     def progress() -> tuple[bool, str]:
         count = int(bench.redis.get(counter) or 0)
         return count >= n, f"  {label:<7} {time.monotonic() - started:7.1f}s  done={count}/{n}"
 
-    done = bench.wait(progress, f"waiting for the {label} tasks")
+    with bench.cpu.phase("ceiling" if label == "no-op" else "write_ceiling", n):
+        started = time.monotonic()
+        publish_each(noop_tasks.app, name, ((i,) for i in range(n)))
+        say(f"  publish {time.monotonic() - started:7.1f}s  {n} {label} task(s) published")
+        done = bench.wait(progress, f"waiting for the {label} tasks")
     group.stop()
     return n / max(done - started, 1e-6)
 

@@ -40,6 +40,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import ceilings, dlt_merge, upserts
 from e2e_options import parse_args
+from machine import CpuMeter
 from parts import REPO, BenchError, Deadline, Workers, figures, rss_mb, safe_url, say, summary
 from source_process import SourceProcess
 
@@ -75,6 +76,7 @@ class Bench:
         self.db_created = False
         self.workers: list[Workers] = []
         self.failed = False
+        self.cpu = CpuMeter()  # the machine's CPU a record, per phase
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -168,7 +170,8 @@ class Bench:
         took = workers.wait_ready(app, self.deadline)
         say(f"{mode}: {a.workers} worker(s) x {a.concurrency} ({a.pool}) ready in {took:.1f}s")
         rss_start = rss_mb(workers.pids)
-        full = self._load(app, name, a.records)
+        with self.cpu.phase(mode, a.records):
+            full = self._load(app, name, a.records)
         found: dict[str, Any] = {"full": full, "rss_start": rss_start}
         if delta:
             changed = max(1, a.records // 100)
@@ -349,8 +352,9 @@ class Bench:
         above = ceilings(self, env, modes, layout)
         loads = {m: self.run_mode(env, m, delta=m == modes[-1]) for m in modes}
         plain = upserts(self, modes, a.page_limit)
-        dlt = dlt_merge(self.source, self.db_url, self.source_token()) if a.dlt else None
-        found = figures(n, above, loads, plain, dlt, modes[-1])
+        with self.cpu.phase("dlt", n):
+            dlt = dlt_merge(self.source, self.db_url, self.source_token()) if a.dlt else None
+        found = figures(n, above, loads, plain, dlt, modes[-1], self.cpu.us)
         return {**found, "ceiling_records": a.ceiling_records or n, "versions": a.versions}
 
 

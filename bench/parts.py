@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import budget_us
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -160,6 +162,7 @@ def figures(
     upserts: tuple[float, Any],
     dlt: float | None,
     last: str,
+    cpu_us: dict[str, float | None],
 ) -> dict[str, Any]:
     """The result: the keys bench/README.md documents."""
 
@@ -189,6 +192,7 @@ def figures(
         "ratio_batched_dlt": round(batched / dlt, 3) if batched and dlt else None,
         "fetch_per_s": rate(last, "fetch_s"),
         "fetch_per_record_mode_per_s": rate("per-record", "fetch_s"),
+        **_machine_cpu(cpu_us, ceiling, upsert, dlt),
         "delta_1pct_ratio": round(delta, 4),
         "delta_1pct_ratio_after_versions": (
             round(history["e2e_s"] / tail["full"]["e2e_s"], 4) if history else None
@@ -219,7 +223,29 @@ def _staged(staged: Any, upsert: float, batched: float | None) -> dict[str, Any]
     }
 
 
+def _machine_cpu(
+    cpu_us: dict[str, float | None], ceiling: float, upsert: float, dlt: float | None
+) -> dict[str, Any]:
+    """The machine's CPU a record in each phase, and what each ratio goal leaves a record on
+    this machine's cores: per-record at 0.85 of the no-op ceiling, batched at 0.5 of the
+    ``execute_values`` upsert."""
+    phases = ("ceiling", "write_ceiling", "per-record", "batched", "batch_upsert")
+    spent = {p.replace("-", "_"): cpu_us.get(p) for p in (*phases, "staged_floor", "dlt")}
+    if dlt is None:
+        spent["dlt"] = None
+    budget = {"per_record": budget_us(0.85 * ceiling), "batched": budget_us(0.5 * upsert)}
+    return {"machine_cpu_us": spent, "goal_cpu_budget_us": budget}
+
+
+CPU_ROWS = {
+    "a": "ceiling", "a'": "write_ceiling", "b": "per_record", "c": "batched",
+    "d": "batch_upsert", "d'": "staged_floor", "e": "dlt",
+}  # fmt: skip
+
+
 def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
+    spent, budget = r["machine_cpu_us"], r["goal_cpu_budget_us"]
+
     def cell(value: Any, unit: str = "/s") -> str:
         return "n/a" if value is None else f"{value:,.0f}{unit}" if unit else f"{value}"
 
@@ -252,5 +278,9 @@ def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"{cell(r['delta_1pct_ratio_after_versions'], '')}",
         f"worker RSS start -> end            {r['worker_rss_start_mb']} -> "
         f"{r['worker_rss_end_mb']} MB",
+        "machine CPU a record (every process, us): "
+        + ", ".join(f"{k} {cell(spent[v], '')}" for k, v in CPU_ROWS.items()),
+        f"  the most a goal leaves on {os.cpu_count()} cores: b = 0.85 a "
+        f"{cell(budget['per_record'], ' us')}, c = 0.5 d {cell(budget['batched'], ' us')}",
     ]
     return "\n".join(lines)

@@ -29,10 +29,6 @@ def _serve(options: DemoSourceOptions, pipe: Connection) -> None:
         if method == "stop":
             break
         try:
-            if method == "update_many":  # one message for many updates, not one each
-                ids, fields = args[0], kwargs
-                pipe.send(("ok", [source.update(record_id, **fields) for record_id in ids][-1:]))
-                continue
             pipe.send(("ok", getattr(source, method)(*args, **kwargs)))
         except Exception as exc:
             pipe.send(("error", f"{type(exc).__name__}: {exc}"))

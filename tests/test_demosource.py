@@ -259,6 +259,31 @@ def test_update_bumps_version_even_within_same_timestamp(make_source: Factory) -
         src.update(rec["id"], version=7)
 
 
+def test_update_many_is_update_of_each(make_source: Factory) -> None:
+    """A bulk update leaves the records, and the order paging reads them in, as updating each
+    record in turn does; a deleted record or a managed field is refused."""
+    one_by_one, bulk = make_source(), make_source()
+    start = datetime.now(UTC) - timedelta(hours=1)
+    for src in (one_by_one, bulk):
+        src.seed(50, start=start)
+    picked = [f"REC{n:06d}" for n in (40, 3, 17, 1, 50, 22)]
+    for rid in picked:
+        one_by_one.update(rid, state="closed")
+    assert bulk.update_many(picked, state="closed") == len(picked)
+    versions = {rid: (r["version"], r["state"]) for rid, r in bulk.snapshot().items()}
+    assert versions == {rid: (r["version"], r["state"]) for rid, r in one_by_one.snapshot().items()}
+    assert {rid for rid, (version, _) in versions.items() if version == 2} == set(picked)
+    ids = [r["id"] for r in page_all(bulk, access_token(bulk), limit=7)]
+    assert ids[:-6] == [r["id"] for r in page_all(one_by_one, access_token(one_by_one))][:-6]
+    assert sorted(ids[-6:]) == sorted(picked) and len(set(ids)) == 50
+    with pytest.raises(ValueError):
+        bulk.update_many(picked, version=9)
+    bulk.delete("REC000003")
+    with pytest.raises(KeyError):
+        bulk.update_many(["REC000004", "REC000003"], state="new")
+    assert bulk.snapshot()["REC000004"]["version"] == 1, "a refused call changed a record"
+
+
 def test_keyset_paging_covers_every_record_while_data_changes(source: DemoSource) -> None:
     """Keyset paging plus a final inclusive re-query sees every id at its latest version."""
     source.seed(200, start=datetime.now(UTC) - timedelta(hours=1))

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import bindparam, event, text
 
 from models import queue, retention, runs
@@ -71,40 +70,35 @@ def only_plan(url: str, seen: list[tuple[str, Any]]) -> str:
     return plan(url, *seen[0])
 
 
-@pytest.fixture(params=["sqlite_url", "pg_url"])
-def url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(request.param))
+def test_republishing_reads_the_open_rows_index(db_url: str) -> None:
+    stage(db_url)
+    with statements(db_url, "due_at <") as seen:
+        queue.republish_due(db_url, grace=60, overdue=-3600)
+    assert "ix_ihub_records_open_due" in only_plan(db_url, seen)
 
 
-def test_republishing_reads_the_open_rows_index(url: str) -> None:
-    stage(url)
-    with statements(url, "due_at <") as seen:
-        queue.republish_due(url, grace=60, overdue=-3600)
-    assert "ix_ihub_records_open_due" in only_plan(url, seen)
-
-
-def test_a_rejected_record_is_looked_up_in_the_dead_rows_index(url: str) -> None:
-    with session_scope(url) as session:
+def test_a_rejected_record_is_looked_up_in_the_dead_rows_index(db_url: str) -> None:
+    with session_scope(db_url) as session:
         assert queue.stage_dead(session, "a", None, "bad", {"x": 1}, "unparseable")
-    with statements(url, "record_id") as seen, session_scope(url) as session:
+    with statements(db_url, "record_id") as seen, session_scope(db_url) as session:
         assert not queue.stage_dead(session, "a", None, "bad", {"x": 1}, "unparseable")
     lookups = [s for s in seen if s[0].lstrip().upper().startswith("SELECT")]
-    assert "ix_ihub_records_dead_record" in only_plan(url, lookups)
+    assert "ix_ihub_records_dead_record" in only_plan(db_url, lookups)
 
 
-def test_a_window_of_finish_times_reads_the_finished_rows_index(url: str) -> None:
+def test_a_window_of_finish_times_reads_the_finished_rows_index(db_url: str) -> None:
     """``finished_at < :cutoff`` (retention, the dashboard's windows) implies the index's
     ``finished_at IS NOT NULL`` on both dialects, with the bound as a parameter."""
-    ids = stage(url, 20)
-    finish_all(url, ids)
+    ids = stage(db_url, 20)
+    finish_all(db_url, ids)
     cutoff = datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=1)
     window = "SELECT id FROM ihub_records WHERE finished_at < {}"
-    if url.startswith("sqlite"):
-        found = plan(url, window.format("?"), (cutoff.isoformat(" "),))
+    if db_url.startswith("sqlite"):
+        found = plan(db_url, window.format("?"), (cutoff.isoformat(" "),))
     else:
-        found = plan(url, window.format("%(cutoff)s"), {"cutoff": cutoff})
+        found = plan(db_url, window.format("%(cutoff)s"), {"cutoff": cutoff})
     assert "ix_ihub_records_finished" in found, found
-    assert retention.prune(url, older_than=timedelta(seconds=-60)) == 20
+    assert retention.prune(db_url, older_than=timedelta(seconds=-60)) == 20
 
 
 def finish_all(url: str, ids: list[int]) -> None:
@@ -139,10 +133,10 @@ def predicates(url: str) -> dict[str, str | None]:
         return {name: predicate for name, predicate in rows}
 
 
-def test_the_migrated_indexes_keep_only_the_rows_they_are_for(url: str) -> None:
+def test_the_migrated_indexes_keep_only_the_rows_they_are_for(db_url: str) -> None:
     """Open rows, dead rows, finished rows: a done mark, most rows' last write, adds an entry
     to the finished index alone (autogenerate compares names and columns, not predicates)."""
-    found = predicates(url)
+    found = predicates(db_url)
     assert set(found) == {
         "ix_ihub_records_open_due",
         "ix_ihub_records_dead_record",

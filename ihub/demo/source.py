@@ -138,6 +138,9 @@ class DemoSource:
     def update(self, record_id: str, **fields: Any) -> dict[str, Any]:
         return self.table.update(record_id, **fields)
 
+    def update_many(self, record_ids: list[str], **fields: Any) -> int:
+        return self.table.update_many(record_ids, **fields)
+
     def mutate_random(self, k: int, rng: random.Random, *, deletes: float = 0.0) -> None:
         self.table.mutate_random(k, rng, deletes=deletes)
 

@@ -173,6 +173,27 @@ class RecordTable:
             self._store(record, max(self._now(), self._ts[record_id]))
             return copy.deepcopy(record)
 
+    def update_many(self, record_ids: list[str], **fields: Any) -> int:
+        """``update`` of each record, with the time index rebuilt once, not once a record
+        (each ``update`` moves a list entry: a million of them took minutes)."""
+        if MANAGED & fields.keys():
+            raise ValueError("id, number, version and updated_at are managed by the source")
+        with self._lock:
+            gone = [rid for rid in record_ids if self._records[rid].get("deleted")]
+            if gone:  # checked first: a refused call changes nothing
+                raise KeyError(f"{gone[0]} is deleted")
+            moved: dict[str, int] = {}
+            for record_id in record_ids:
+                old = self._records[record_id]
+                us = max(self._now(), self._ts[record_id])
+                record = {**old, **copy.deepcopy(fields), "version": old["version"] + 1}
+                record["updated_at"] = self.format(us)
+                self._records[record_id], self._ts[record_id] = record, us
+                moved[record_id] = us
+            kept = [entry for entry in self._index if entry[1] not in moved]
+            self._index = sorted(kept + [(us, rid) for rid, us in moved.items()])
+            return len(moved)
+
     def mutate_random(self, k: int, rng: random.Random, *, deletes: float = 0.0) -> None:
         """k random changes (about 1 in 5 an insert, ``deletes`` of them a deletion) to simulate
         a live system."""

@@ -60,7 +60,7 @@ def write_ceiling(
     """As ``noop_ceiling``, each task also making one committed upsert into the bench's own
     database (``noop_tasks.write``): the floor under a one-task-per-record design."""
     noop_tasks = _ceiling_app()
-    dsn = _dsn(bench.db_url)
+    dsn = libpq_dsn(bench.db_url)
     noop_tasks.create_write_table(dsn)
     layout = (workers, concurrency, pool)
     env = {**env, "IHUB_BENCH_WRITE_DSN": dsn}
@@ -112,7 +112,7 @@ def _ceiling(
     return n / max(done - started, 1e-6)
 
 
-def _dsn(db_url: str) -> str:
+def libpq_dsn(db_url: str) -> str:
     """A libpq connection string for psycopg2 from the bench's SQLAlchemy URL."""
     from sqlalchemy.engine import make_url
 
@@ -135,7 +135,7 @@ def execute_values_upsert(db_url: str, records: list[dict[str, Any]], deadline: 
 
     columns = sorted({k for r in records for k in r})
     rows = _plain_rows(records, columns)
-    connection = psycopg2.connect(_dsn(db_url))
+    connection = psycopg2.connect(libpq_dsn(db_url))
     try:
         with connection, connection.cursor() as cursor:
             upsert = _plain_table(cursor, "plain_upsert", columns)
@@ -169,7 +169,7 @@ def staged_floor(
     from psycopg2.extras import execute_values
 
     columns = sorted({k for r in source.snapshot().values() for k in r})
-    connection = psycopg2.connect(_dsn(db_url))
+    connection = psycopg2.connect(libpq_dsn(db_url))
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {token}"
     params: dict[str, Any] = {"limit": page_limit}

@@ -170,7 +170,7 @@ class Bench:
         took = workers.wait_ready(app, self.deadline)
         say(f"{mode}: {a.workers} worker(s) x {a.concurrency} ({a.pool}) ready in {took:.1f}s")
         rss_start = rss_mb(workers.pids)
-        with self.cpu.phase(mode, a.records):
+        with self.cpu.phase(mode.replace("-", "_"), a.records):
             full = self._load(app, name, a.records)
         found: dict[str, Any] = {"full": full, "rss_start": rss_start}
         if delta:

@@ -223,24 +223,24 @@ def _staged(staged: Any, upsert: float, batched: float | None) -> dict[str, Any]
     }
 
 
+CPU_ROWS = {
+    "a": "ceiling", "a'": "write_ceiling", "b": "per_record", "c": "batched",
+    "d": "batch_upsert", "d'": "staged_floor", "e": "dlt",
+}  # fmt: skip
+CPU_KEYS = tuple(CPU_ROWS.values())
+
+
 def _machine_cpu(
     cpu_us: dict[str, float | None], ceiling: float, upsert: float, dlt: float | None
 ) -> dict[str, Any]:
     """The machine's CPU a record in each phase, and what each ratio goal leaves a record on
     this machine's cores: per-record at 0.85 of the no-op ceiling, batched at 0.5 of the
     ``execute_values`` upsert."""
-    phases = ("ceiling", "write_ceiling", "per-record", "batched", "batch_upsert")
-    spent = {p.replace("-", "_"): cpu_us.get(p) for p in (*phases, "staged_floor", "dlt")}
+    spent = {key: cpu_us.get(key) for key in CPU_KEYS}
     if dlt is None:
         spent["dlt"] = None
     budget = {"per_record": budget_us(0.85 * ceiling), "batched": budget_us(0.5 * upsert)}
     return {"machine_cpu_us": spent, "goal_cpu_budget_us": budget}
-
-
-CPU_ROWS = {
-    "a": "ceiling", "a'": "write_ceiling", "b": "per_record", "c": "batched",
-    "d": "batch_upsert", "d'": "staged_floor", "e": "dlt",
-}  # fmt: skip
 
 
 def summary(r: dict[str, Any], args: argparse.Namespace) -> str:

@@ -79,6 +79,7 @@ def _write_postgres(session: Session, point: Checkpoint) -> Outcome:
         "fetched": point.fetched,
         "staged": point.staged,
         "name": point.integration,
+        "now": now,
     }
     parts = [
         "run AS (UPDATE ihub_fetch_runs SET pages = pages + 1, fetched = fetched + %(fetched)s,"
@@ -90,10 +91,7 @@ def _write_postgres(session: Session, point: Checkpoint) -> Outcome:
         moved = "(SELECT count(*) FROM mark)"
     if point.leased:
         params.update(
-            lease=point.lease,
-            owner=point.owner,
-            now=now,
-            expires=now + timedelta(seconds=point.ttl),
+            lease=point.lease, owner=point.owner, expires=now + timedelta(seconds=point.ttl)
         )
         parts.append(
             "held AS (UPDATE ihub_leases SET expires_at = %(expires)s, renewed_at = %(now)s"
@@ -109,7 +107,8 @@ def _write_postgres(session: Session, point: Checkpoint) -> Outcome:
 
 
 def _compare_and_set(point: Checkpoint, params: dict[str, Any]) -> str:
-    """The watermark's move, as ``integrations.move_watermark`` makes it."""
+    """The watermark's move, as ``integrations.move_watermark`` makes it (``updated_at`` is
+    the ORM column's ``onupdate``)."""
     assert point.new is not None
     params["new_updated"], params["new_id"] = point.new.to_text()
     if point.old is None:
@@ -119,5 +118,6 @@ def _compare_and_set(point: Checkpoint, params: dict[str, Any]) -> str:
         expected = "watermark_updated = %(old_updated)s AND watermark_id = %(old_id)s"
     return (
         "mark AS (UPDATE ihub_integrations SET watermark_updated = %(new_updated)s,"
-        f" watermark_id = %(new_id)s WHERE name = %(name)s AND {expected} RETURNING 1)"
+        " watermark_id = %(new_id)s, updated_at = %(now)s"
+        f" WHERE name = %(name)s AND {expected} RETURNING 1)"
     )

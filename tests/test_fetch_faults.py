@@ -19,7 +19,7 @@ from ihub.demo.source import DemoSource, DemoSourceOptions
 from ihub.report import collect_status, render_text
 from models import integrations, leases, runs
 from models.db import session_scope
-from models.schema import Lease, StagedRecord
+from models.schema import IntegrationState, Lease, StagedRecord
 from pipeline import fetch as fetch_engine
 from pipeline import sync
 from pipeline.config import parse_config
@@ -192,15 +192,18 @@ def test_each_page_renews_the_lease_and_counts_into_its_run(
 ) -> None:
     """Three pages of two: the run counts every page, 6 fetched and 6 staged, the watermark is
     the last record, and pages 1 and 2's checkpoints renewed the lease: it was renewed later
-    when page 3 was answered than when page 1 was."""
+    when page 3 was answered than when page 1 was. The watermark's moves stamp its row's
+    ``updated_at``, as an ORM update does."""
     spread(demo, 6)
     demo.advance_clock(60)
     hub = make_hub(db_url, tmp_path, demo, pagination=KEYSET)
     renewals: list[datetime | None] = []
+    stamps: list[datetime] = []
 
     def look() -> None:
         with session_scope(db_url) as session:
             renewals.append(session.get(Lease, lease_name(NAME)).renewed_at)
+            stamps.append(session.get(IntegrationState, NAME).updated_at)
 
     after_page(hub, 1, look)
     after_page(hub, 3, look)
@@ -211,6 +214,7 @@ def test_each_page_renews_the_lease_and_counts_into_its_run(
     assert integrations.watermark(db_url, NAME) == Watermark(T0 + timedelta(seconds=5), "REC000006")
     first, third = renewals
     assert first is not None and third is not None and third > first
+    assert stamps[1] > stamps[0], "page 2's watermark move left updated_at as it was"
 
 
 def test_a_lease_frees_itself_one_ttl_after_its_last_heartbeat(sqlite_url: str) -> None:
